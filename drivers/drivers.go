@@ -1,0 +1,44 @@
+// Package drivers connects shimd's revision log to a SQL database. Each
+// database has its own subpackage that opens connections and supplies the few
+// statements whose SQL differs between backends; everything else in sqllog is
+// portable SQL.
+package drivers
+
+import (
+	"context"
+	"database/sql"
+)
+
+// Backend is an opened database, ready for sqllog.
+type Backend struct {
+	// Name is the backend kind: "sqlite", "postgres" or "mysql".
+	Name string
+	// Write carries the single writer's transactions. sqllog serialises its
+	// writes itself, so one connection is enough and keeps SQLite's writer lock
+	// in one place.
+	Write *sql.DB
+	// Read is the pool used for reading values; it may be the same as Write.
+	Read *sql.DB
+	// Shared reports that other shimd processes may write the same database, so
+	// the log must re-check the database's revision before trusting its memory.
+	Shared bool
+	// Dialect supplies the backend-specific SQL.
+	Dialect Dialect
+	// Close releases connections and any lock the driver holds.
+	Close func() error
+}
+
+// Dialect is the SQL that differs between databases. Statements use '?'
+// placeholders; Rebind turns them into the backend's form.
+type Dialect interface {
+	// Schema returns the statements that create shimd's tables if absent.
+	Schema() []string
+	// Rebind rewrites '?' placeholders for this backend.
+	Rebind(query string) string
+	// LockMeta returns the query that reads the meta row and, inside a write
+	// transaction, locks it until commit so that writers are serialised across
+	// processes (revisions are allocated from that row).
+	LockMeta() string
+	// BeginWrite starts a transaction that will write.
+	BeginWrite(ctx context.Context, db *sql.DB) (*sql.Tx, error)
+}

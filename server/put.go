@@ -1,0 +1,60 @@
+package server
+
+import (
+	"context"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/shimd/shimd/sqllog"
+)
+
+// checkPutState checks a put against the state before it: ignore_value and
+// ignore_lease need the key to exist, and a lease must exist.
+func (s *Server) checkPutState(ctx context.Context, v sqllog.ReadView, p *pb.PutRequest) error {
+	if p.IgnoreValue || p.IgnoreLease {
+		rr, err := v.Range(ctx, p.Key, nil, sqllog.RangeOptions{KeysOnly: true})
+		if err != nil {
+			return err
+		}
+		if len(rr.KVs) == 0 {
+			return errKeyNotFound
+		}
+	}
+	if p.Lease != 0 && !s.leaseExists(p.Lease) {
+		return errLeaseNotFound
+	}
+	return nil
+}
+
+// leaseExists reports whether a lease with id is granted. Until the lease
+// service exists no lease can be, so every lease id is unknown.
+func (s *Server) leaseExists(id int64) bool { return false }
+
+// doPut applies a put on v, honouring prev_kv and ignore_value/ignore_lease.
+func doPut(ctx context.Context, v txnView, p *pb.PutRequest) (*pb.PutResponse, error) {
+	resp := &pb.PutResponse{Header: &pb.ResponseHeader{}}
+	value, lease := p.Value, p.Lease
+	if p.IgnoreValue || p.IgnoreLease || p.PrevKv {
+		rr, err := v.Range(ctx, p.Key, nil, sqllog.RangeOptions{KeysOnly: !p.IgnoreValue && !p.PrevKv})
+		if err != nil {
+			return nil, err
+		}
+		if len(rr.KVs) == 0 {
+			if p.IgnoreValue || p.IgnoreLease {
+				return nil, errKeyNotFound
+			}
+		} else {
+			if p.IgnoreValue {
+				value = rr.KVs[0].Value
+			}
+			if p.IgnoreLease {
+				lease = rr.KVs[0].Lease
+			}
+			if p.PrevKv {
+				resp.PrevKv = rr.KVs[0]
+			}
+		}
+	}
+	resp.Header.Revision = v.Put(p.Key, value, lease)
+	return resp, nil
+}

@@ -1,0 +1,12 @@
+package sqllog
+
+import "errors"
+
+var (
+	// ErrCompacted means the requested revision has been compacted away.
+	ErrCompacted = errors.New("sqllog: required revision has been compacted")
+	// ErrFutureRev means the requested revision is newer than the log.
+	ErrFutureRev = errors.New("sqllog: required revision is a future revision")
+	// ErrClosed means the log has been closed.
+	ErrClosed = errors.New("sqllog: log closed")
+)

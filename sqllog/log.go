@@ -1,0 +1,241 @@
+package sqllog
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+
+	"github.com/shimd/shimd/drivers"
+)
+
+// SchemaVersion is the layout of the tables this code reads and writes.
+const SchemaVersion = 1
+
+// Log is the revision log of one database, with its in-memory index.
+type Log struct {
+	be *drivers.Backend
+	lg *slog.Logger
+
+	// applyMu is held by whoever advances the index: the writer for a whole
+	// batch, the catch-up of other processes' rows, and compaction. It keeps
+	// rows from being applied twice or out of order.
+	applyMu sync.Mutex
+
+	// mu guards the fields below. Readers hold it only while walking the index.
+	mu         sync.RWMutex
+	idx        *index
+	rev        int64 // committed revision the index reflects
+	compactRev int64
+	lastID     int64
+	clusterID  uint64
+
+	writes   chan *writeReq
+	maxBatch int
+	quit     chan struct{}
+	stopped  chan struct{}
+	closeMu  sync.RWMutex
+	closed   bool
+
+	compactor compactor
+
+	listenMu  sync.Mutex
+	listeners []func(rev int64)
+}
+
+// Options tune a Log.
+type Options struct {
+	Logger *slog.Logger
+	// MaxBatch bounds how many write requests share one database transaction.
+	MaxBatch int
+}
+
+// Open creates shimd's tables if needed, loads the index from the log and
+// starts the writer.
+func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = 256
+	}
+	l := &Log{
+		be:       be,
+		lg:       opts.Logger,
+		idx:      newIndex(),
+		writes:   make(chan *writeReq, 1024),
+		maxBatch: opts.MaxBatch,
+		quit:     make(chan struct{}),
+		stopped:  make(chan struct{}),
+	}
+	if err := l.initSchema(ctx); err != nil {
+		return nil, err
+	}
+	m, err := l.readMeta(ctx, be.Read)
+	if err != nil {
+		return nil, err
+	}
+	if m.schemaVersion != SchemaVersion {
+		return nil, fmt.Errorf("database schema version %d, this shimd reads version %d", m.schemaVersion, SchemaVersion)
+	}
+	l.clusterID = uint64(m.clusterID)
+	l.compactor.start(l)
+	if err := l.catchUp(ctx, be.Read, m); err != nil {
+		l.compactor.stop()
+		return nil, err
+	}
+	go l.writer()
+	return l, nil
+}
+
+// Close stops the writer after the batch in flight and releases the backend.
+func (l *Log) Close() error {
+	l.closeMu.Lock()
+	if l.closed {
+		l.closeMu.Unlock()
+		return nil
+	}
+	l.closed = true
+	l.closeMu.Unlock()
+	close(l.quit)
+	<-l.stopped
+	l.compactor.stop()
+	return l.be.Close()
+}
+
+// Backend returns the database the log is stored in.
+func (l *Log) Backend() *drivers.Backend { return l.be }
+
+// Rev returns the latest committed revision.
+func (l *Log) Rev() int64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.rev
+}
+
+// CompactRev returns the revision the log has been compacted to (0 if never).
+func (l *Log) CompactRev() int64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.compactRev
+}
+
+// ClusterID identifies the database: every process on it reports the same id.
+func (l *Log) ClusterID() uint64 { return l.clusterID }
+
+// OnCommit registers fn to be called with the new revision after each commit
+// or catch-up. fn must not block.
+func (l *Log) OnCommit(fn func(rev int64)) {
+	l.listenMu.Lock()
+	l.listeners = append(l.listeners, fn)
+	l.listenMu.Unlock()
+}
+
+func (l *Log) notify(rev int64) {
+	l.listenMu.Lock()
+	fns := l.listeners
+	l.listenMu.Unlock()
+	for _, fn := range fns {
+		fn(rev)
+	}
+}
+
+func (l *Log) q(query string) string { return l.be.Dialect.Rebind(query) }
+
+func (l *Log) initSchema(ctx context.Context) error {
+	tx, err := l.be.Dialect.BeginWrite(ctx, l.be.Write)
+	if err != nil {
+		return fmt.Errorf("begin schema transaction: %w", err)
+	}
+	defer tx.Rollback()
+	for _, stmt := range l.be.Dialect.Schema() {
+		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("create schema: %w", err)
+		}
+	}
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM shimd_meta`).Scan(&n); err != nil {
+		return fmt.Errorf("read meta: %w", err)
+	}
+	if n == 0 {
+		// etcd's store starts at revision 1 with no keys.
+		clusterID := rand.Int64N(1<<62) + 1
+		if _, err := tx.ExecContext(ctx, l.q(`INSERT INTO shimd_meta (id, schema_version, rev, last_id, compact_rev, cluster_id) VALUES (1, ?, 1, 0, 0, ?)`),
+			SchemaVersion, clusterID); err != nil {
+			return fmt.Errorf("init meta: %w", err)
+		}
+	}
+	return tx.Commit()
+}
+
+type meta struct {
+	schemaVersion int64
+	rev           int64
+	lastID        int64
+	compactRev    int64
+	clusterID     int64
+}
+
+type queryer interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func (l *Log) readMeta(ctx context.Context, q queryer) (meta, error) {
+	var m meta
+	err := q.QueryRowContext(ctx, l.be.Dialect.LockMeta()).Scan(&m.schemaVersion, &m.rev, &m.lastID, &m.compactRev, &m.clusterID)
+	if err != nil {
+		return m, fmt.Errorf("read meta: %w", err)
+	}
+	return m, nil
+}
+
+// catchUp applies the rows committed after the index's revision up to m.rev,
+// then any compaction recorded in m. The caller holds applyMu (or is Open).
+func (l *Log) catchUp(ctx context.Context, q queryer, m meta) error {
+	if m.rev < l.rev {
+		return fmt.Errorf("database revision %d is behind this process's %d: the database was replaced or restored underneath shimd", m.rev, l.rev)
+	}
+	if m.rev > l.rev {
+		rows, err := q.QueryContext(ctx, l.q(`SELECT id, rev, key, create_rev, version, lease, deleted FROM shimd_log WHERE rev > ? AND rev <= ? ORDER BY id`), l.rev, m.rev)
+		if err != nil {
+			return fmt.Errorf("read log: %w", err)
+		}
+		type row struct {
+			key []byte
+			e   entry
+		}
+		var batch []row
+		for rows.Next() {
+			var r row
+			var deleted bool
+			if err := rows.Scan(&r.e.id, &r.e.rev, &r.key, &r.e.create, &r.e.version, &r.e.lease, &deleted); err != nil {
+				rows.Close()
+				return fmt.Errorf("read log: %w", err)
+			}
+			if deleted {
+				r.e.version = 0
+			}
+			batch = append(batch, r)
+		}
+		if err := rows.Close(); err != nil {
+			return fmt.Errorf("read log: %w", err)
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read log: %w", err)
+		}
+		l.mu.Lock()
+		for _, r := range batch {
+			l.idx.add(r.key, r.e)
+		}
+		l.rev = m.rev
+		l.lastID = m.lastID
+		l.mu.Unlock()
+	}
+	if m.compactRev > l.CompactRev() {
+		l.compactIndex(m.compactRev)
+	}
+	return nil
+}

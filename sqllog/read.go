@@ -1,0 +1,199 @@
+package sqllog
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+)
+
+// RangeOptions shape a Range.
+type RangeOptions struct {
+	// Limit caps the KVs returned (0: no cap); Count still counts them all.
+	Limit int64
+	// Rev reads as of this revision (0: the view's revision).
+	Rev int64
+	// Count returns only the count.
+	Count bool
+	// KeysOnly skips reading values from the database.
+	KeysOnly bool
+}
+
+// RangeResult is the answer of a Range. Rev is the view's current revision,
+// not the revision read at, as in etcd.
+type RangeResult struct {
+	KVs   []*mvccpb.KeyValue
+	Rev   int64
+	Count int64
+}
+
+// ReadView reads the key space at a fixed current revision.
+type ReadView interface {
+	// Rev is the view's current revision.
+	Rev() int64
+	// FirstRev is the oldest revision that can still be read.
+	FirstRev() int64
+	// Range returns the live keys in the etcd range [key, end) at ro.Rev:
+	// end nil is the single key, an empty non-nil end is every key >= key.
+	Range(ctx context.Context, key, end []byte, ro RangeOptions) (*RangeResult, error)
+}
+
+type readView struct {
+	l   *Log
+	rev int64
+}
+
+// View returns a read view at the latest revision. On a shared database it
+// first catches up with what other processes committed, so that a read never
+// misses a write acknowledged before it started.
+func (l *Log) View(ctx context.Context) (ReadView, error) {
+	if l.be.Shared {
+		if err := l.sync(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return &readView{l: l, rev: l.Rev()}, nil
+}
+
+func (v *readView) Rev() int64      { return v.rev }
+func (v *readView) FirstRev() int64 { return v.l.CompactRev() }
+func (v *readView) Range(ctx context.Context, key, end []byte, ro RangeOptions) (*RangeResult, error) {
+	return v.l.rangeKeys(ctx, key, end, v.rev, ro, nil)
+}
+
+// sync catches the index up with the database's committed revision.
+func (l *Log) sync(ctx context.Context) error {
+	m, err := l.readMeta(ctx, l.be.Read)
+	if err != nil {
+		return err
+	}
+	if m.rev <= l.Rev() && m.compactRev <= l.CompactRev() {
+		return nil
+	}
+	l.applyMu.Lock()
+	defer l.applyMu.Unlock()
+	m, err = l.readMeta(ctx, l.be.Read)
+	if err != nil {
+		return err
+	}
+	if err := l.catchUp(ctx, l.be.Read, m); err != nil {
+		return err
+	}
+	l.notify(m.rev)
+	return nil
+}
+
+type hit struct {
+	key []byte
+	e   entry
+}
+
+// lookup walks the index for the keys live at rev in [key, end).
+func (l *Log) lookup(key, end []byte, rev, limit int64, countOnly bool) ([]hit, int64, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if rev < l.compactRev {
+		return nil, 0, ErrCompacted
+	}
+	var hits []hit
+	var count int64
+	l.idx.ascend(key, end, func(ki *keyIndex) bool {
+		e, live := ki.at(rev)
+		if !live {
+			return true
+		}
+		count++
+		if !countOnly && (limit <= 0 || int64(len(hits)) < limit) {
+			hits = append(hits, hit{key: ki.key, e: e})
+		}
+		return true
+	})
+	return hits, count, nil
+}
+
+// rangeKeys is Range for any view whose current revision is curRev. pending
+// holds values written by the batch in progress, not yet in the database.
+func (l *Log) rangeKeys(ctx context.Context, key, end []byte, curRev int64, ro RangeOptions, pending map[int64][]byte) (*RangeResult, error) {
+	rev := ro.Rev
+	if rev > curRev {
+		return &RangeResult{Count: -1, Rev: curRev}, ErrFutureRev
+	}
+	if rev <= 0 {
+		rev = curRev
+	}
+	hits, count, err := l.lookup(key, end, rev, ro.Limit, ro.Count)
+	if err != nil {
+		return &RangeResult{Count: -1}, err
+	}
+	res := &RangeResult{Rev: curRev, Count: count}
+	if ro.Count || len(hits) == 0 {
+		return res, nil
+	}
+	res.KVs = make([]*mvccpb.KeyValue, len(hits))
+	kvs := make([]mvccpb.KeyValue, len(hits))
+	for i, h := range hits {
+		kvs[i] = mvccpb.KeyValue{Key: h.key, CreateRevision: h.e.create, ModRevision: h.e.rev, Version: h.e.version, Lease: h.e.lease}
+		res.KVs[i] = &kvs[i]
+	}
+	if ro.KeysOnly {
+		return res, nil
+	}
+	if err := l.fillValues(ctx, hits, kvs, pending); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// fetchChunk bounds the ids in one value query.
+const fetchChunk = 256
+
+// fillValues reads the values of hits from pending or the database.
+func (l *Log) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyValue, pending map[int64][]byte) error {
+	want := make(map[int64]int, len(hits))
+	var ids []int64
+	for i, h := range hits {
+		if v, ok := pending[h.e.id]; ok {
+			kvs[i].Value = v
+			continue
+		}
+		want[h.e.id] = i
+		ids = append(ids, h.e.id)
+	}
+	found := 0
+	for len(ids) > 0 {
+		n := min(len(ids), fetchChunk)
+		chunk := ids[:n]
+		ids = ids[n:]
+		args := make([]any, len(chunk))
+		for i, id := range chunk {
+			args[i] = id
+		}
+		query := l.q(`SELECT id, value FROM shimd_log WHERE id IN (?` + strings.Repeat(",?", len(chunk)-1) + `)`)
+		rows, err := l.be.Read.QueryContext(ctx, query, args...)
+		if err != nil {
+			return fmt.Errorf("read values: %w", err)
+		}
+		for rows.Next() {
+			var id int64
+			var v []byte
+			if err := rows.Scan(&id, &v); err != nil {
+				rows.Close()
+				return fmt.Errorf("read values: %w", err)
+			}
+			if i, ok := want[id]; ok {
+				kvs[i].Value = v
+				found++
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read values: %w", err)
+		}
+	}
+	if found != len(want) {
+		// Compaction removed a row between the index walk and this read.
+		return ErrCompacted
+	}
+	return nil
+}

@@ -1,0 +1,287 @@
+package sqllog
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+)
+
+// TxnWrite is one write request's view of the log inside a write batch. It
+// reads the state left by the requests before it and stages changes that all
+// share the revision Rev()+1. It is only valid inside the function passed to
+// Log.Write.
+type TxnWrite struct {
+	l        *Log
+	b        *batch
+	beginRev int64
+	mark     int // first of this request's changes in b.changes
+}
+
+// batch is a group of write requests committed in one database transaction;
+// each request still gets its own revision.
+type batch struct {
+	rev     int64 // revision after the last request so far
+	lastID  int64
+	changes []Change
+	values  map[int64][]byte // staged values by row id
+}
+
+// Change is one row appended to the log.
+type Change struct {
+	Key   []byte
+	Value []byte
+	e     entry
+}
+
+// Rev is the revision before this request.
+func (tw *TxnWrite) Rev() int64 { return tw.beginRev }
+
+// FirstRev is the oldest revision that can still be read.
+func (tw *TxnWrite) FirstRev() int64 { return tw.l.CompactRev() }
+
+// Changes is the number of changes this request has staged.
+func (tw *TxnWrite) Changes() int { return len(tw.b.changes) - tw.mark }
+
+// curRev is the revision reads inside the request see: its own writes are
+// visible once it has made any.
+func (tw *TxnWrite) curRev() int64 {
+	if tw.Changes() > 0 {
+		return tw.beginRev + 1
+	}
+	return tw.beginRev
+}
+
+// Range reads as etcd's write transaction does, including staged changes.
+func (tw *TxnWrite) Range(ctx context.Context, key, end []byte, ro RangeOptions) (*RangeResult, error) {
+	return tw.l.rangeKeys(ctx, key, end, tw.curRev(), ro, tw.b.values)
+}
+
+// Put stages key=value with lease and returns the request's revision.
+func (tw *TxnWrite) Put(key, value []byte, lease int64) int64 {
+	rev := tw.beginRev + 1
+	e := entry{rev: rev, create: rev, version: 1, lease: lease}
+	if ki := tw.l.idx.get(key); ki != nil {
+		key = ki.key
+		if prev, live := ki.at(rev); live {
+			e.create = prev.create
+			e.version = prev.version + 1
+		}
+	} else {
+		key = append([]byte(nil), key...)
+	}
+	if value == nil {
+		value = []byte{}
+	}
+	tw.stage(key, value, e)
+	return rev
+}
+
+// DeleteRange stages tombstones for the live keys in [key, end) and returns
+// how many, with the revision the response reports.
+func (tw *TxnWrite) DeleteRange(key, end []byte) (n, rev int64) {
+	var keys [][]byte
+	readRev := tw.curRev()
+	tw.l.mu.RLock()
+	tw.l.idx.ascend(key, end, func(ki *keyIndex) bool {
+		if _, live := ki.at(readRev); live {
+			keys = append(keys, ki.key)
+		}
+		return true
+	})
+	tw.l.mu.RUnlock()
+	for _, k := range keys {
+		tw.stage(k, []byte{}, entry{rev: tw.beginRev + 1})
+	}
+	if len(keys) != 0 || tw.Changes() > 0 {
+		return int64(len(keys)), tw.beginRev + 1
+	}
+	return 0, tw.beginRev
+}
+
+func (tw *TxnWrite) stage(key, value []byte, e entry) {
+	tw.b.lastID++
+	e.id = tw.b.lastID
+	tw.b.changes = append(tw.b.changes, Change{Key: key, Value: value, e: e})
+	tw.b.values[e.id] = value
+	// Readers only look at committed revisions, so a staged entry is invisible
+	// to them until the batch commits and l.rev moves past it.
+	tw.l.mu.Lock()
+	tw.l.idx.add(key, e)
+	tw.l.mu.Unlock()
+}
+
+// unstage removes the changes staged after position mark.
+func (b *batch) unstage(l *Log, mark int) {
+	l.mu.Lock()
+	for i := len(b.changes) - 1; i >= mark; i-- {
+		c := b.changes[i]
+		l.idx.removeLast(c.Key)
+		delete(b.values, c.e.id)
+	}
+	l.mu.Unlock()
+	b.changes = b.changes[:mark]
+	if mark > 0 {
+		b.lastID = b.changes[mark-1].e.id
+	}
+}
+
+type writeReq struct {
+	ctx  context.Context
+	fn   func(tw *TxnWrite) error
+	err  error
+	done chan struct{}
+}
+
+// Write runs fn as one write request and returns once its changes are
+// durable. fn sees every earlier write; if it returns an error its changes
+// are discarded and no revision is used. Requests arriving together are
+// committed in one database transaction (group commit).
+func (l *Log) Write(ctx context.Context, fn func(tw *TxnWrite) error) error {
+	r := &writeReq{ctx: ctx, fn: fn, done: make(chan struct{})}
+	l.closeMu.RLock()
+	if l.closed {
+		l.closeMu.RUnlock()
+		return ErrClosed
+	}
+	select {
+	case l.writes <- r:
+	case <-ctx.Done():
+		l.closeMu.RUnlock()
+		return ctx.Err()
+	}
+	l.closeMu.RUnlock()
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+		// The request may still commit, as an etcd proposal may still apply.
+		return ctx.Err()
+	}
+}
+
+func (l *Log) writer() {
+	defer close(l.stopped)
+	for {
+		var reqs []*writeReq
+		select {
+		case <-l.quit:
+			for {
+				select {
+				case r := <-l.writes:
+					r.err = ErrClosed
+					close(r.done)
+				default:
+					return
+				}
+			}
+		case r := <-l.writes:
+			reqs = append(reqs, r)
+		}
+	gather:
+		for len(reqs) < l.maxBatch {
+			select {
+			case r := <-l.writes:
+				reqs = append(reqs, r)
+			default:
+				break gather
+			}
+		}
+		l.commit(reqs)
+		for _, r := range reqs {
+			close(r.done)
+		}
+	}
+}
+
+// commit runs reqs in one database transaction and sets each one's err.
+func (l *Log) commit(reqs []*writeReq) {
+	l.applyMu.Lock()
+	defer l.applyMu.Unlock()
+	fail := func(err error) {
+		for _, r := range reqs {
+			if r.err == nil {
+				r.err = err
+			}
+		}
+	}
+	ctx := context.Background()
+	tx, err := l.be.Dialect.BeginWrite(ctx, l.be.Write)
+	if err != nil {
+		fail(fmt.Errorf("begin write: %w", err))
+		return
+	}
+	defer tx.Rollback()
+	m, err := l.readMeta(ctx, tx)
+	if err != nil {
+		fail(err)
+		return
+	}
+	// Another process wrote (shared database), or a commit whose outcome was
+	// reported as failed did land: either way the log is the truth.
+	if m.rev != l.Rev() || m.compactRev > l.CompactRev() {
+		if err := l.catchUp(ctx, tx, m); err != nil {
+			fail(err)
+			return
+		}
+	}
+
+	b := &batch{rev: l.Rev(), lastID: m.lastID, values: make(map[int64][]byte)}
+	for _, r := range reqs {
+		if r.ctx.Err() != nil {
+			r.err = r.ctx.Err()
+			continue
+		}
+		tw := &TxnWrite{l: l, b: b, beginRev: b.rev, mark: len(b.changes)}
+		if err := r.fn(tw); err != nil {
+			b.unstage(l, tw.mark)
+			r.err = err
+			continue
+		}
+		if tw.Changes() > 0 {
+			b.rev++
+		}
+	}
+	if len(b.changes) == 0 {
+		return
+	}
+	if err := l.insert(ctx, tx, b); err != nil {
+		b.unstage(l, 0)
+		fail(err)
+		return
+	}
+	if err := tx.Commit(); err != nil {
+		b.unstage(l, 0)
+		fail(fmt.Errorf("commit: %w", err))
+		return
+	}
+	l.mu.Lock()
+	l.rev = b.rev
+	l.lastID = b.lastID
+	l.mu.Unlock()
+	l.notify(b.rev)
+}
+
+// insertRows bounds the rows in one INSERT statement.
+const insertRows = 64
+
+// insert appends the batch's rows and moves the meta row on.
+func (l *Log) insert(ctx context.Context, tx *sql.Tx, b *batch) error {
+	for rest := b.changes; len(rest) > 0; {
+		chunk := rest[:min(len(rest), insertRows)]
+		rest = rest[len(chunk):]
+		args := make([]any, 0, len(chunk)*8)
+		for _, c := range chunk {
+			args = append(args, c.e.id, c.e.rev, c.Key, c.Value, c.e.create, c.e.version, c.e.lease, c.e.tombstone())
+		}
+		query := l.q(`INSERT INTO shimd_log (id, rev, key, value, create_rev, version, lease, deleted) VALUES (?,?,?,?,?,?,?,?)` +
+			strings.Repeat(`,(?,?,?,?,?,?,?,?)`, len(chunk)-1))
+		if _, err := tx.ExecContext(ctx, query, args...); err != nil {
+			return fmt.Errorf("append to log: %w", err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, l.q(`UPDATE shimd_meta SET rev = ?, last_id = ? WHERE id = 1`), b.rev, b.lastID); err != nil {
+		return fmt.Errorf("advance revision: %w", err)
+	}
+	return nil
+}
