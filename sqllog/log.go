@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"sync"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
 	"github.com/shimd/shimd/drivers"
 )
 
@@ -40,6 +42,7 @@ type Log struct {
 	closed   bool
 
 	compactor compactor
+	hub       hub
 
 	listenMu  sync.Mutex
 	listeners []func(rev int64)
@@ -86,6 +89,7 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 		l.compactor.stop()
 		return nil, err
 	}
+	l.hub.start(l)
 	go l.writer()
 	return l, nil
 }
@@ -101,6 +105,7 @@ func (l *Log) Close() error {
 	l.closeMu.Unlock()
 	close(l.quit)
 	<-l.stopped
+	l.hub.stop()
 	l.compactor.stop()
 	return l.be.Close()
 }
@@ -193,32 +198,35 @@ func (l *Log) readMeta(ctx context.Context, q queryer) (meta, error) {
 }
 
 // catchUp applies the rows committed after the index's revision up to m.rev,
-// then any compaction recorded in m. The caller holds applyMu (or is Open).
+// then any compaction recorded in m, and hands the new events to the
+// watchers. The caller holds applyMu (or is Open, before there are watchers).
 func (l *Log) catchUp(ctx context.Context, q queryer, m meta) error {
 	if m.rev < l.rev {
 		return fmt.Errorf("database revision %d is behind this process's %d: the database was replaced or restored underneath shimd", m.rev, l.rev)
 	}
 	if m.rev > l.rev {
-		rows, err := q.QueryContext(ctx, l.q(`SELECT id, rev, key, create_rev, version, lease, deleted FROM shimd_log WHERE rev > ? AND rev <= ? ORDER BY id`), l.rev, m.rev)
+		// Values are only needed for watchers; the initial load skips them.
+		loading := l.hub.l == nil
+		value := "value"
+		if loading {
+			value = "NULL"
+		}
+		rows, err := q.QueryContext(ctx, l.q(`SELECT id, rev, key, `+value+`, create_rev, version, lease, deleted FROM shimd_log WHERE rev > ? AND rev <= ? ORDER BY id`), l.rev, m.rev)
 		if err != nil {
 			return fmt.Errorf("read log: %w", err)
 		}
-		type row struct {
-			key []byte
-			e   entry
-		}
-		var batch []row
+		var batch []Change
 		for rows.Next() {
-			var r row
+			var c Change
 			var deleted bool
-			if err := rows.Scan(&r.e.id, &r.e.rev, &r.key, &r.e.create, &r.e.version, &r.e.lease, &deleted); err != nil {
+			if err := rows.Scan(&c.e.id, &c.e.rev, &c.Key, &c.Value, &c.e.create, &c.e.version, &c.e.lease, &deleted); err != nil {
 				rows.Close()
 				return fmt.Errorf("read log: %w", err)
 			}
 			if deleted {
-				r.e.version = 0
+				c.e.version = 0
 			}
-			batch = append(batch, r)
+			batch = append(batch, c)
 		}
 		if err := rows.Close(); err != nil {
 			return fmt.Errorf("read log: %w", err)
@@ -227,9 +235,14 @@ func (l *Log) catchUp(ctx context.Context, q queryer, m meta) error {
 			return fmt.Errorf("read log: %w", err)
 		}
 		l.mu.Lock()
-		for _, r := range batch {
-			l.idx.add(r.key, r.e)
+		for _, c := range batch {
+			l.idx.add(c.Key, c.e)
 		}
+		l.mu.Unlock()
+		if !loading {
+			l.notifyWatchers(batch)
+		}
+		l.mu.Lock()
 		l.rev = m.rev
 		l.lastID = m.lastID
 		l.mu.Unlock()
@@ -238,4 +251,18 @@ func (l *Log) catchUp(ctx context.Context, q queryer, m meta) error {
 		l.compactIndex(m.compactRev)
 	}
 	return nil
+}
+
+// notifyWatchers hands committed changes, in log order, to the watchers, one
+// revision at a time.
+func (l *Log) notifyWatchers(changes []Change) {
+	for i := 0; i < len(changes); {
+		rev := changes[i].e.rev
+		var evs []mvccpb.Event
+		for ; i < len(changes) && changes[i].e.rev == rev; i++ {
+			c := changes[i]
+			evs = append(evs, event(&mvccpb.KeyValue{Key: c.Key, Value: c.Value, CreateRevision: c.e.create, ModRevision: c.e.rev, Version: c.e.version, Lease: c.e.lease}, c.e.tombstone()))
+		}
+		l.hub.notify(rev, evs)
+	}
 }

@@ -255,6 +255,9 @@ func (l *Log) commit(reqs []*writeReq) {
 		fail(fmt.Errorf("commit: %w", err))
 		return
 	}
+	// Watchers hear of a revision before readers can see it, so a watch
+	// created after a read never starts beyond events it has not been sent.
+	l.notifyWatchers(b.changes)
 	l.mu.Lock()
 	l.rev = b.rev
 	l.lastID = b.lastID

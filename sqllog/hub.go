@@ -1,0 +1,330 @@
+package sqllog
+
+import (
+	"context"
+	"math"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+)
+
+const (
+	// maxWatchersPerSync bounds the lagging watchers caught up in one pass.
+	maxWatchersPerSync = 512
+	// watchBatchMaxRevs bounds the revisions sent to a watcher in one
+	// response while it catches up, as etcd does.
+	watchBatchMaxRevs = 1000
+	// syncRetry is how soon a lagging watcher whose stream was full is retried.
+	syncRetry = 10 * time.Millisecond
+	// historyRows bounds the rows read from the database per catch-up pass.
+	historyRows = 10000
+	// cacheEvents is how many recent events are kept in memory, so that
+	// watchers a little behind catch up without reading the database.
+	cacheEvents = 8192
+)
+
+// hub is the one log follower of a process: it fans each committed revision
+// out to the watchers that are in sync, and catches lagging watchers (new
+// ones with a past start revision, or slow ones) up from the log. A slow
+// watcher never blocks the writer or other watchers: a send that would block
+// just moves it back to the lagging group.
+type hub struct {
+	l  *Log
+	mu sync.Mutex
+	// rev is the last revision fanned out to the in-sync watchers.
+	rev      int64
+	synced   watcherGroup
+	unsynced map[*watcher]struct{}
+	cache    eventCache
+	wake     chan struct{}
+	quit     chan struct{}
+	done     chan struct{}
+}
+
+func (h *hub) start(l *Log) {
+	h.l = l
+	h.rev = l.Rev()
+	h.synced = newWatcherGroup()
+	h.unsynced = make(map[*watcher]struct{})
+	h.wake = make(chan struct{}, 1)
+	h.quit = make(chan struct{})
+	h.done = make(chan struct{})
+	go h.run()
+}
+
+func (h *hub) stop() {
+	close(h.quit)
+	<-h.done
+}
+
+func (h *hub) notifiedRev() int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.rev
+}
+
+func (h *hub) kick() {
+	select {
+	case h.wake <- struct{}{}:
+	default:
+	}
+}
+
+// add places a new watcher: in sync when it starts at the next revision or
+// later, lagging when it asks for history.
+func (h *hub) add(w *watcher) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if w.startRev == 0 || w.startRev > h.rev {
+		w.minRev = max(h.rev+1, w.startRev)
+		h.synced.add(w)
+		return
+	}
+	h.unsynced[w] = struct{}{}
+	h.kick()
+}
+
+func (h *hub) remove(w *watcher) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.synced.delete(w) {
+		delete(h.unsynced, w)
+	}
+	w.ch = nil
+}
+
+func (h *hub) progressIfSync(ws []*watcher, id int64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, w := range ws {
+		if !h.synced.has(w) || h.rev < w.startRev {
+			return false
+		}
+	}
+	// The stream's watchers share one channel: one response serves them all.
+	for _, w := range ws {
+		w.send(WatchResponse{WatchID: id, Revision: h.rev})
+		return true
+	}
+	return true
+}
+
+// notify fans out the events of revision rev, committed in order.
+func (h *hub) notify(rev int64, evs []mvccpb.Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.cache.add(rev, evs)
+	h.rev = rev
+	if h.synced.size == 0 {
+		return
+	}
+	batches := make(map[*watcher][]mvccpb.Event)
+	for _, ev := range evs {
+		h.synced.each(ev.Kv.Key, func(w *watcher) {
+			if w.minRev <= rev {
+				batches[w] = append(batches[w], ev)
+			}
+		})
+	}
+	for w, evs := range batches {
+		if !w.send(WatchResponse{WatchID: w.id, Events: evs, Revision: rev}) {
+			// Its stream is full: it will catch up from the log from here.
+			h.synced.delete(w)
+			w.minRev = rev
+			h.unsynced[w] = struct{}{}
+			h.kick()
+			continue
+		}
+		w.minRev = rev + 1
+	}
+}
+
+func (h *hub) run() {
+	defer close(h.done)
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+	for {
+		select {
+		case <-h.quit:
+			return
+		case <-h.wake:
+		case <-retry.C:
+		}
+		if left := h.syncWatchers(); left > 0 {
+			retry.Reset(syncRetry)
+		}
+	}
+}
+
+// syncWatchers catches lagging watchers up by one batch each and returns how
+// many still lag.
+func (h *hub) syncWatchers() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.unsynced) == 0 {
+		return 0
+	}
+	curRev := h.rev
+	compactRev := h.l.CompactRev()
+	chosen := make([]*watcher, 0, min(len(h.unsynced), maxWatchersPerSync))
+	minRev := int64(math.MaxInt64)
+	for w := range h.unsynced {
+		if len(chosen) == maxWatchersPerSync {
+			break
+		}
+		if w.minRev < compactRev {
+			if w.send(WatchResponse{WatchID: w.id, CompactRevision: compactRev}) {
+				w.compacted = true
+				delete(h.unsynced, w)
+			}
+			continue
+		}
+		if w.minRev > curRev {
+			delete(h.unsynced, w)
+			h.synced.add(w)
+			continue
+		}
+		chosen = append(chosen, w)
+		minRev = min(minRev, w.minRev)
+	}
+	if len(chosen) == 0 {
+		return len(h.unsynced)
+	}
+	evs, upTo, err := h.history(minRev, curRev)
+	if err != nil {
+		h.l.lg.Warn("watch: reading history failed; will retry", "err", err)
+		return len(h.unsynced)
+	}
+	for _, w := range chosen {
+		batch, revs, next := []mvccpb.Event(nil), 0, int64(0)
+		last := int64(0)
+		for _, ev := range evs {
+			r := ev.Kv.ModRevision
+			if r < w.minRev || !w.contains(ev.Kv.Key) {
+				continue
+			}
+			if r != last {
+				if revs == watchBatchMaxRevs {
+					next = r
+					break
+				}
+				revs++
+				last = r
+			}
+			batch = append(batch, ev)
+		}
+		if next == 0 && upTo < curRev {
+			next = upTo + 1
+		}
+		if len(batch) > 0 && !w.send(WatchResponse{WatchID: w.id, Events: batch, Revision: curRev}) {
+			continue // stream full: retry later from the same place
+		}
+		if next != 0 {
+			w.minRev = next
+			continue
+		}
+		w.minRev = curRev + 1
+		delete(h.unsynced, w)
+		h.synced.add(w)
+	}
+	return len(h.unsynced)
+}
+
+// history returns the events of revisions from..to, whole revisions only,
+// and the last revision it covers (which may be less than to when the range
+// is large).
+func (h *hub) history(from, to int64) ([]mvccpb.Event, int64, error) {
+	if evs, ok := h.cache.get(from, to); ok {
+		return evs, to, nil
+	}
+	return h.l.readEvents(context.Background(), from, to, historyRows)
+}
+
+// eventCache keeps the events of recent revisions, oldest first.
+type eventCache struct {
+	revs  []cachedRev
+	count int
+	// floor is the revision from which the cache is complete; 0 when empty.
+	floor int64
+}
+
+type cachedRev struct {
+	rev int64
+	evs []mvccpb.Event
+}
+
+func (c *eventCache) add(rev int64, evs []mvccpb.Event) {
+	if c.floor == 0 {
+		c.floor = rev
+	}
+	c.revs = append(c.revs, cachedRev{rev, evs})
+	c.count += len(evs)
+	for c.count > cacheEvents && len(c.revs) > 1 {
+		c.count -= len(c.revs[0].evs)
+		c.floor = c.revs[0].rev + 1
+		c.revs = c.revs[1:]
+	}
+}
+
+// get returns the cached events of revisions from..to if the cache holds
+// all of them.
+func (c *eventCache) get(from, to int64) ([]mvccpb.Event, bool) {
+	if c.floor == 0 || from < c.floor {
+		return nil, false
+	}
+	var evs []mvccpb.Event
+	for _, r := range c.revs {
+		if r.rev >= from && r.rev <= to {
+			evs = append(evs, r.evs...)
+		}
+	}
+	return evs, true
+}
+
+// readEvents reads the events of revisions from..to from the log, at most
+// about limit rows, cut at a revision boundary. It returns the last revision
+// it covers.
+func (l *Log) readEvents(ctx context.Context, from, to int64, limit int) ([]mvccpb.Event, int64, error) {
+	rows, err := l.be.Read.QueryContext(ctx, l.q(`SELECT rev, key, value, create_rev, version, lease, deleted FROM shimd_log WHERE rev >= ? AND rev <= ? ORDER BY id LIMIT ?`), from, to, limit+1)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	var evs []mvccpb.Event
+	for rows.Next() {
+		var kv mvccpb.KeyValue
+		var deleted bool
+		if err := rows.Scan(&kv.ModRevision, &kv.Key, &kv.Value, &kv.CreateRevision, &kv.Version, &kv.Lease, &deleted); err != nil {
+			return nil, 0, err
+		}
+		evs = append(evs, event(&kv, deleted))
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, err
+	}
+	if len(evs) <= limit {
+		return evs, to, nil
+	}
+	// Over the limit: drop the last, possibly partial, revision, unless it is
+	// the only one, which is then read whole.
+	last := evs[len(evs)-1].Kv.ModRevision
+	if evs[0].Kv.ModRevision == last {
+		all, _, err := l.readEvents(ctx, last, last, math.MaxInt32)
+		return all, last, err
+	}
+	i := len(evs)
+	for evs[i-1].Kv.ModRevision == last {
+		i--
+	}
+	return evs[:i], last - 1, nil
+}
+
+// event builds a watch event from a log row; a delete carries only the key
+// and revision, as etcd's do.
+func event(kv *mvccpb.KeyValue, deleted bool) mvccpb.Event {
+	if deleted {
+		return mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: kv.Key, ModRevision: kv.ModRevision}}
+	}
+	return mvccpb.Event{Type: mvccpb.PUT, Kv: kv}
+}
