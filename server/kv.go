@@ -39,7 +39,7 @@ func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 	}
 	var resp *pb.PutResponse
 	err := k.s.log.Write(ctx, func(tw *sqllog.TxnWrite) error {
-		if r.Lease != 0 && !k.s.leaseExists(r.Lease) {
+		if r.Lease != 0 && !tw.LeaseExists(r.Lease) {
 			return errLeaseNotFound
 		}
 		var err error

@@ -41,6 +41,7 @@ func startKV(tb testing.TB) pb.KVClient {
 	tb.Cleanup(func() {
 		conn.Close()
 		g.Stop()
+		srv.Close()
 		log.Close()
 	})
 	return pb.NewKVClient(conn)

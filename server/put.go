@@ -10,7 +10,7 @@ import (
 
 // checkPutState checks a put against the state before it: ignore_value and
 // ignore_lease need the key to exist, and a lease must exist.
-func (s *Server) checkPutState(ctx context.Context, v sqllog.ReadView, p *pb.PutRequest) error {
+func (s *Server) checkPutState(ctx context.Context, v txnView, p *pb.PutRequest) error {
 	if p.IgnoreValue || p.IgnoreLease {
 		rr, err := v.Range(ctx, p.Key, nil, sqllog.RangeOptions{KeysOnly: true})
 		if err != nil {
@@ -20,15 +20,11 @@ func (s *Server) checkPutState(ctx context.Context, v sqllog.ReadView, p *pb.Put
 			return errKeyNotFound
 		}
 	}
-	if p.Lease != 0 && !s.leaseExists(p.Lease) {
+	if p.Lease != 0 && !v.LeaseExists(p.Lease) {
 		return errLeaseNotFound
 	}
 	return nil
 }
-
-// leaseExists reports whether a lease with id is granted. Until the lease
-// service exists no lease can be, so every lease id is unknown.
-func (s *Server) leaseExists(id int64) bool { return false }
 
 // doPut applies a put on v, honouring prev_kv and ignore_value/ignore_lease.
 func doPut(ctx context.Context, v txnView, p *pb.PutRequest) (*pb.PutResponse, error) {

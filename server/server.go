@@ -5,6 +5,7 @@
 package server
 
 import (
+	"context"
 	"hash/fnv"
 	"log/slog"
 
@@ -38,6 +39,8 @@ type Server struct {
 	cfg      Config
 	lg       *slog.Logger
 	memberID uint64
+	stop     context.CancelFunc
+	done     chan struct{}
 }
 
 // New returns a server for log.
@@ -63,7 +66,19 @@ func New(log *sqllog.Log, cfg Config) *Server {
 		b[i] = byte(c >> (8 * i))
 	}
 	h.Write(b[:])
-	return &Server{log: log, cfg: cfg, lg: cfg.Logger, memberID: h.Sum64()}
+	ctx, stop := context.WithCancel(context.Background())
+	s := &Server{log: log, cfg: cfg, lg: cfg.Logger, memberID: h.Sum64(), stop: stop, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		s.expireLeases(ctx)
+	}()
+	return s
+}
+
+// Close stops the server's background work; the log stays open.
+func (s *Server) Close() {
+	s.stop()
+	<-s.done
 }
 
 // GRPCOptions are the server options etcd's limits imply.
@@ -77,6 +92,7 @@ func (s *Server) GRPCOptions() []grpc.ServerOption {
 // Register adds shimd's services to g.
 func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterKVServer(g, &kvServer{s: s})
+	pb.RegisterLeaseServer(g, &leaseServer{s: s})
 }
 
 // header returns a response header at rev with this member's identity.

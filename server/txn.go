@@ -18,6 +18,7 @@ type txnView interface {
 	Put(key, value []byte, lease int64) int64
 	DeleteRange(key, end []byte) (n, rev int64)
 	Changes() int
+	LeaseExists(id int64) bool
 }
 
 // readOnly lets a read-only txn run on a ReadView; it never writes.
@@ -26,6 +27,7 @@ type readOnly struct{ sqllog.ReadView }
 func (readOnly) Put([]byte, []byte, int64) int64           { panic("write in a read-only txn") }
 func (readOnly) DeleteRange([]byte, []byte) (int64, int64) { panic("write in a read-only txn") }
 func (readOnly) Changes() int                              { return 0 }
+func (readOnly) LeaseExists(int64) bool                    { return false }
 
 // isReadOnly reports whether both branches hold only ranges; such a txn
 // never takes a revision and need not go through the writer.
@@ -145,7 +147,7 @@ func cmpInt(a, b int64) int {
 // checkTxnOps rejects the txn before it changes anything when an op on the
 // chosen path would fail: a range at a compacted or future revision, a put
 // whose ignore_* needs a missing key, or a put with an unknown lease.
-func (s *Server) checkTxnOps(ctx context.Context, v sqllog.ReadView, r *pb.TxnRequest, path []bool) (int, error) {
+func (s *Server) checkTxnOps(ctx context.Context, v txnView, r *pb.TxnRequest, path []bool) (int, error) {
 	ops := r.Success
 	if !path[0] {
 		ops = r.Failure

@@ -33,6 +33,7 @@ type Log struct {
 	compactRev int64
 	lastID     int64
 	clusterID  uint64
+	leases     leases
 
 	writes   chan *writeReq
 	maxBatch int
@@ -68,6 +69,7 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 		be:       be,
 		lg:       opts.Logger,
 		idx:      newIndex(),
+		leases:   newLeases(),
 		writes:   make(chan *writeReq, 1024),
 		maxBatch: opts.MaxBatch,
 		quit:     make(chan struct{}),
@@ -86,6 +88,10 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 	l.clusterID = uint64(m.clusterID)
 	l.compactor.start(l)
 	if err := l.catchUp(ctx, be.Read, m); err != nil {
+		l.compactor.stop()
+		return nil, err
+	}
+	if err := l.loadLeases(ctx); err != nil {
 		l.compactor.stop()
 		return nil, err
 	}
@@ -238,6 +244,7 @@ func (l *Log) catchUp(ctx context.Context, q queryer, m meta) error {
 		for _, c := range batch {
 			l.idx.add(c.Key, c.e)
 		}
+		l.applyAttachments(batch)
 		l.mu.Unlock()
 		if !loading {
 			l.notifyWatchers(batch)

@@ -16,6 +16,7 @@ type TxnWrite struct {
 	b        *batch
 	beginRev int64
 	mark     int // first of this request's changes in b.changes
+	opsMark  int // first of this request's lease ops in b.leaseOps
 }
 
 // batch is a group of write requests committed in one database transaction;
@@ -23,8 +24,10 @@ type TxnWrite struct {
 type batch struct {
 	rev     int64 // revision after the last request so far
 	lastID  int64
-	changes []Change
-	values  map[int64][]byte // staged values by row id
+	changes  []Change
+	values   map[int64][]byte // staged values by row id
+	leaseOps []leaseOp
+	tx       *sql.Tx
 }
 
 // Change is one row appended to the log.
@@ -226,15 +229,16 @@ func (l *Log) commit(reqs []*writeReq) {
 		}
 	}
 
-	b := &batch{rev: l.Rev(), lastID: m.lastID, values: make(map[int64][]byte)}
+	b := &batch{rev: l.Rev(), lastID: m.lastID, values: make(map[int64][]byte), tx: tx}
 	for _, r := range reqs {
 		if r.ctx.Err() != nil {
 			r.err = r.ctx.Err()
 			continue
 		}
-		tw := &TxnWrite{l: l, b: b, beginRev: b.rev, mark: len(b.changes)}
+		tw := &TxnWrite{l: l, b: b, beginRev: b.rev, mark: len(b.changes), opsMark: len(b.leaseOps)}
 		if err := r.fn(tw); err != nil {
 			b.unstage(l, tw.mark)
+			b.leaseOps = b.leaseOps[:tw.opsMark]
 			r.err = err
 			continue
 		}
@@ -242,10 +246,15 @@ func (l *Log) commit(reqs []*writeReq) {
 			b.rev++
 		}
 	}
-	if len(b.changes) == 0 {
+	if len(b.changes) == 0 && len(b.leaseOps) == 0 {
 		return
 	}
 	if err := l.insert(ctx, tx, b); err != nil {
+		b.unstage(l, 0)
+		fail(err)
+		return
+	}
+	if err := l.writeLeaseOps(ctx, tx, b.leaseOps); err != nil {
 		b.unstage(l, 0)
 		fail(err)
 		return
@@ -259,6 +268,8 @@ func (l *Log) commit(reqs []*writeReq) {
 	// created after a read never starts beyond events it has not been sent.
 	l.notifyWatchers(b.changes)
 	l.mu.Lock()
+	l.applyLeaseOps(b.leaseOps)
+	l.applyAttachments(b.changes)
 	l.rev = b.rev
 	l.lastID = b.lastID
 	l.mu.Unlock()
@@ -270,6 +281,9 @@ const insertRows = 64
 
 // insert appends the batch's rows and moves the meta row on.
 func (l *Log) insert(ctx context.Context, tx *sql.Tx, b *batch) error {
+	if len(b.changes) == 0 {
+		return nil
+	}
 	for rest := b.changes; len(rest) > 0; {
 		chunk := rest[:min(len(rest), insertRows)]
 		rest = rest[len(chunk):]

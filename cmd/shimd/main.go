@@ -176,6 +176,7 @@ func run(ctx context.Context, cfg *config) error {
 		MaxRequestBytes: cfg.maxRequestBytes,
 		Logger:          lg,
 	})
+	defer srv.Close()
 	g := grpc.NewServer(srv.GRPCOptions()...)
 	srv.Register(g)
 

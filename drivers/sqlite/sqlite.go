@@ -115,6 +115,11 @@ func (dialect) Schema() []string {
 			deleted INTEGER NOT NULL
 		)`,
 		`CREATE INDEX IF NOT EXISTS shimd_log_rev ON shimd_log (rev, id)`,
+		`CREATE TABLE IF NOT EXISTS shimd_lease (
+			id INTEGER PRIMARY KEY,
+			ttl INTEGER NOT NULL,
+			expires_at INTEGER NOT NULL
+		)`,
 	}
 }
 

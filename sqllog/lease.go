@@ -1,0 +1,274 @@
+package sqllog
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+)
+
+// ErrLeaseNotFound means no lease has the id.
+var ErrLeaseNotFound = errors.New("lease not found")
+
+// Lease is a granted lease. Its expiry is stored as wall-clock time, so a
+// restart honours the time that was left rather than granting a fresh TTL.
+type Lease struct {
+	ID     int64
+	TTL    int64
+	Expiry time.Time
+}
+
+// Remaining is the time left before the lease expires.
+func (ls Lease) Remaining(now time.Time) time.Duration { return ls.Expiry.Sub(now) }
+
+// leases is the process's view of the lease table and of which keys are
+// attached to which lease, kept in step with committed changes.
+type leases struct {
+	byID      map[int64]*Lease
+	keyLease  map[string]int64
+	leaseKeys map[int64]map[string]struct{}
+}
+
+func newLeases() leases {
+	return leases{byID: make(map[int64]*Lease), keyLease: make(map[string]int64), leaseKeys: make(map[int64]map[string]struct{})}
+}
+
+// attach records that key is now attached to lease (0: to none).
+func (ls *leases) attach(key []byte, lease int64) {
+	old := ls.keyLease[string(key)]
+	if old == lease {
+		return
+	}
+	if old != 0 {
+		delete(ls.leaseKeys[old], string(key))
+		if len(ls.leaseKeys[old]) == 0 {
+			delete(ls.leaseKeys, old)
+		}
+		delete(ls.keyLease, string(key))
+	}
+	if lease != 0 {
+		set := ls.leaseKeys[lease]
+		if set == nil {
+			set = make(map[string]struct{})
+			ls.leaseKeys[lease] = set
+		}
+		set[string(key)] = struct{}{}
+		ls.keyLease[string(key)] = lease
+	}
+}
+
+// applyChanges updates key attachments for committed changes; the caller
+// holds l.mu.
+func (l *Log) applyAttachments(changes []Change) {
+	for _, c := range changes {
+		if c.e.tombstone() {
+			l.leases.attach(c.Key, 0)
+		} else {
+			l.leases.attach(c.Key, c.e.lease)
+		}
+	}
+}
+
+type leaseOp struct {
+	revoke bool
+	lease  Lease
+}
+
+func (l *Log) loadLeases(ctx context.Context) error {
+	rows, err := l.be.Read.QueryContext(ctx, `SELECT id, ttl, expires_at FROM shimd_lease`)
+	if err != nil {
+		return fmt.Errorf("read leases: %w", err)
+	}
+	defer rows.Close()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for rows.Next() {
+		var ls Lease
+		var ms int64
+		if err := rows.Scan(&ls.ID, &ls.TTL, &ms); err != nil {
+			return fmt.Errorf("read leases: %w", err)
+		}
+		ls.Expiry = time.UnixMilli(ms)
+		l.leases.byID[ls.ID] = &ls
+	}
+	return rows.Err()
+}
+
+// LeaseExists reports whether lease id is granted, as of this request.
+func (tw *TxnWrite) LeaseExists(id int64) bool {
+	for i := len(tw.b.leaseOps) - 1; i >= 0; i-- {
+		if op := tw.b.leaseOps[i]; op.lease.ID == id {
+			return !op.revoke
+		}
+	}
+	tw.l.mu.RLock()
+	defer tw.l.mu.RUnlock()
+	return tw.l.leases.byID[id] != nil
+}
+
+// GrantLease stages a new lease. The caller has checked that id is free.
+func (tw *TxnWrite) GrantLease(ls Lease) {
+	tw.b.leaseOps = append(tw.b.leaseOps, leaseOp{lease: ls})
+}
+
+// RevokeLease stages the removal of lease id; the caller deletes its keys.
+func (tw *TxnWrite) RevokeLease(id int64) {
+	tw.b.leaseOps = append(tw.b.leaseOps, leaseOp{revoke: true, lease: Lease{ID: id}})
+}
+
+// LeaseKeys returns, in key order, the keys attached to lease id as of this
+// request, including attachments staged earlier in the batch.
+func (tw *TxnWrite) LeaseKeys(id int64) [][]byte {
+	cands := make(map[string]struct{})
+	tw.l.mu.RLock()
+	for k := range tw.l.leases.leaseKeys[id] {
+		cands[k] = struct{}{}
+	}
+	tw.l.mu.RUnlock()
+	for _, c := range tw.b.changes {
+		if c.e.lease == id {
+			cands[string(c.Key)] = struct{}{}
+		}
+	}
+	rev := tw.curRev()
+	var keys [][]byte
+	tw.l.mu.RLock()
+	for k := range cands {
+		if ki := tw.l.idx.get([]byte(k)); ki != nil {
+			if e, live := ki.at(rev); live && e.lease == id {
+				keys = append(keys, ki.key)
+			}
+		}
+	}
+	tw.l.mu.RUnlock()
+	sort.Slice(keys, func(i, j int) bool { return bytes.Compare(keys[i], keys[j]) < 0 })
+	return keys
+}
+
+// LeaseExpired reports whether lease id exists and its expiry, as stored in
+// the database now, has passed. Checking the row inside the write
+// transaction makes expiry happen once, even when a keep-alive reached the
+// database after this process last looked.
+func (tw *TxnWrite) LeaseExpired(ctx context.Context, id int64, now time.Time) (bool, error) {
+	if !tw.LeaseExists(id) {
+		return false, nil
+	}
+	var ms int64
+	err := tw.b.tx.QueryRowContext(ctx, tw.l.q(`SELECT expires_at FROM shimd_lease WHERE id = ?`), id).Scan(&ms)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read lease: %w", err)
+	}
+	exp := time.UnixMilli(ms)
+	tw.l.mu.Lock()
+	if ls := tw.l.leases.byID[id]; ls != nil {
+		ls.Expiry = exp
+	}
+	tw.l.mu.Unlock()
+	return !exp.After(now), nil
+}
+
+// writeLeaseOps persists the batch's grants and revokes.
+func (l *Log) writeLeaseOps(ctx context.Context, tx *sql.Tx, ops []leaseOp) error {
+	for _, op := range ops {
+		var err error
+		if op.revoke {
+			_, err = tx.ExecContext(ctx, l.q(`DELETE FROM shimd_lease WHERE id = ?`), op.lease.ID)
+		} else {
+			_, err = tx.ExecContext(ctx, l.q(`INSERT INTO shimd_lease (id, ttl, expires_at) VALUES (?, ?, ?)`), op.lease.ID, op.lease.TTL, op.lease.Expiry.UnixMilli())
+		}
+		if err != nil {
+			return fmt.Errorf("write lease: %w", err)
+		}
+	}
+	return nil
+}
+
+// applyLeaseOps makes committed grants and revokes visible; the caller holds l.mu.
+func (l *Log) applyLeaseOps(ops []leaseOp) {
+	for _, op := range ops {
+		if op.revoke {
+			delete(l.leases.byID, op.lease.ID)
+			continue
+		}
+		ls := op.lease
+		l.leases.byID[ls.ID] = &ls
+	}
+}
+
+// RenewLease restarts lease id's TTL from now and returns the TTL. An
+// expired lease is not renewed: it is about to be revoked.
+func (l *Log) RenewLease(ctx context.Context, id int64, now time.Time) (int64, error) {
+	l.mu.RLock()
+	ls := l.leases.byID[id]
+	var cur Lease
+	if ls != nil {
+		cur = *ls
+	}
+	l.mu.RUnlock()
+	if ls == nil || !cur.Expiry.After(now) {
+		return 0, ErrLeaseNotFound
+	}
+	exp := now.Add(time.Duration(cur.TTL) * time.Second)
+	res, err := l.be.Write.ExecContext(ctx, l.q(`UPDATE shimd_lease SET expires_at = ? WHERE id = ?`), exp.UnixMilli(), id)
+	if err != nil {
+		return 0, fmt.Errorf("renew lease: %w", err)
+	}
+	if n, err := res.RowsAffected(); err == nil && n == 0 {
+		return 0, ErrLeaseNotFound
+	}
+	l.mu.Lock()
+	if ls := l.leases.byID[id]; ls != nil && ls.Expiry.Before(exp) {
+		ls.Expiry = exp
+	}
+	l.mu.Unlock()
+	return cur.TTL, nil
+}
+
+// LookupLease returns lease id and, if withKeys, its attached keys in no
+// particular order (etcd's are unordered too).
+func (l *Log) LookupLease(id int64, withKeys bool) (Lease, [][]byte, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	ls := l.leases.byID[id]
+	if ls == nil {
+		return Lease{}, nil, ErrLeaseNotFound
+	}
+	var keys [][]byte
+	if withKeys {
+		for k := range l.leases.leaseKeys[id] {
+			keys = append(keys, []byte(k))
+		}
+	}
+	return *ls, keys, nil
+}
+
+// Leases returns every lease, soonest to expire first.
+func (l *Log) Leases() []Lease {
+	l.mu.RLock()
+	out := make([]Lease, 0, len(l.leases.byID))
+	for _, ls := range l.leases.byID {
+		out = append(out, *ls)
+	}
+	l.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Expiry.Before(out[j].Expiry) })
+	return out
+}
+
+// ExpiredLeases returns the ids of leases whose expiry has passed.
+func (l *Log) ExpiredLeases(now time.Time) []int64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	var ids []int64
+	for id, ls := range l.leases.byID {
+		if !ls.Expiry.After(now) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
