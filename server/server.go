@@ -8,6 +8,7 @@ import (
 	"context"
 	"hash/fnv"
 	"log/slog"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
@@ -30,7 +31,10 @@ type Config struct {
 	Name            string
 	MaxTxnOps       int
 	MaxRequestBytes int
-	Logger          *slog.Logger
+	// ProgressNotifyInterval is how often idle progress_notify watchers are
+	// told the current revision.
+	ProgressNotifyInterval time.Duration
+	Logger                 *slog.Logger
 }
 
 // Server is one shimd member: the gRPC services over one log.
@@ -51,6 +55,10 @@ func New(log *sqllog.Log, cfg Config) *Server {
 	if cfg.MaxRequestBytes <= 0 {
 		cfg.MaxRequestBytes = DefaultMaxRequestBytes
 	}
+	if cfg.ProgressNotifyInterval <= 0 {
+		cfg.ProgressNotifyInterval = DefaultProgressNotifyInterval
+	}
+	cfg.ProgressNotifyInterval = max(cfg.ProgressNotifyInterval, minProgressNotifyInterval)
 	if cfg.Name == "" {
 		cfg.Name = "default"
 	}
@@ -93,6 +101,7 @@ func (s *Server) GRPCOptions() []grpc.ServerOption {
 func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterKVServer(g, &kvServer{s: s})
 	pb.RegisterLeaseServer(g, &leaseServer{s: s})
+	pb.RegisterWatchServer(g, &watchServer{s: s})
 }
 
 // header returns a response header at rev with this member's identity.

@@ -197,3 +197,14 @@ func (l *Log) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyValue,
 	}
 	return nil
 }
+
+// KVAt returns key as it was at rev, or nil if it was absent then. Unlike a
+// view it may read the revision being fanned out to watchers, which readers
+// cannot see yet; a watcher asking for prev_kv reads just before it.
+func (l *Log) KVAt(ctx context.Context, key []byte, rev int64) (*mvccpb.KeyValue, error) {
+	rr, err := l.rangeKeys(ctx, key, nil, max(rev, l.Rev()), RangeOptions{Rev: rev}, nil)
+	if err != nil || len(rr.KVs) == 0 {
+		return nil, err
+	}
+	return rr.KVs[0], nil
+}

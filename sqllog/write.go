@@ -22,8 +22,8 @@ type TxnWrite struct {
 // batch is a group of write requests committed in one database transaction;
 // each request still gets its own revision.
 type batch struct {
-	rev     int64 // revision after the last request so far
-	lastID  int64
+	rev      int64 // revision after the last request so far
+	lastID   int64
 	changes  []Change
 	values   map[int64][]byte // staged values by row id
 	leaseOps []leaseOp

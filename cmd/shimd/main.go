@@ -35,6 +35,7 @@ type config struct {
 	maxRequestBytes   int
 	maxTxnOps         int
 	logLevel          string
+	progressInterval  time.Duration
 }
 
 func main() {
@@ -65,6 +66,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.Int64Var(&cfg.quotaBackendBytes, "quota-backend-bytes", 0, "Raise alarms when backend size exceeds the given quota (0 defaults to low space quota).")
 	fs.IntVar(&cfg.maxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes, "Maximum client request size in bytes the server will accept.")
 	fs.IntVar(&cfg.maxTxnOps, "max-txn-ops", server.DefaultMaxTxnOps, "Maximum number of operations permitted in a transaction.")
+	fs.DurationVar(&cfg.progressInterval, "watch-progress-notify-interval", server.DefaultProgressNotifyInterval, "Duration of periodic watch progress notifications.")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "Configures log level. Only supports debug, info, warn, error.")
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: shimd [flags]\n\nshimd serves the etcd v3 API from a SQL database.\n\nFlags:\n")
@@ -171,10 +173,11 @@ func run(ctx context.Context, cfg *config) error {
 	defer log.Close()
 
 	srv := server.New(log, server.Config{
-		Name:            cfg.name,
-		MaxTxnOps:       cfg.maxTxnOps,
-		MaxRequestBytes: cfg.maxRequestBytes,
-		Logger:          lg,
+		Name:                   cfg.name,
+		MaxTxnOps:              cfg.maxTxnOps,
+		MaxRequestBytes:        cfg.maxRequestBytes,
+		ProgressNotifyInterval: cfg.progressInterval,
+		Logger:                 lg,
 	})
 	defer srv.Close()
 	g := grpc.NewServer(srv.GRPCOptions()...)

@@ -1,0 +1,327 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+
+	"github.com/shimd/shimd/sqllog"
+)
+
+// DefaultProgressNotifyInterval is etcd's --watch-progress-notify-interval.
+const DefaultProgressNotifyInterval = 10 * time.Minute
+
+// minProgressNotifyInterval is the shortest interval etcd accepts.
+const minProgressNotifyInterval = 100 * time.Millisecond
+
+// ctrlBuffer bounds the control responses (created, canceled) queued per stream.
+const ctrlBuffer = 16
+
+// watchServer is etcd's Watch service over the log's watch streams.
+type watchServer struct {
+	pb.UnimplementedWatchServer
+	s *Server
+}
+
+// watchStream serves one gRPC Watch stream. Its receive loop turns requests
+// into watchers; its send loop writes control responses and events in the
+// order etcd guarantees: a watcher's created response before any of its
+// events, and a progress response after every event it covers.
+type watchStream struct {
+	s       *Server
+	grpc    pb.Watch_WatchServer
+	ws      *sqllog.WatchStream
+	ctrl    chan *pb.WatchResponse
+	closec  chan struct{}
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	prog    map[int64]bool // progress_notify watchers: true while idle
+	prevKV  map[int64]bool
+	fragOK  map[int64]bool
+	maxSize int
+}
+
+func (w *watchServer) Watch(stream pb.Watch_WatchServer) error {
+	sws := &watchStream{
+		s:       w.s,
+		grpc:    stream,
+		ws:      w.s.log.NewWatchStream(),
+		ctrl:    make(chan *pb.WatchResponse, ctrlBuffer),
+		closec:  make(chan struct{}),
+		prog:    make(map[int64]bool),
+		prevKV:  make(map[int64]bool),
+		fragOK:  make(map[int64]bool),
+		maxSize: w.s.cfg.MaxRequestBytes + grpcOverheadBytes,
+	}
+	sws.wg.Add(1)
+	go func() {
+		defer sws.wg.Done()
+		sws.sendLoop()
+	}()
+	errc := make(chan error, 1)
+	go func() {
+		if err := sws.recvLoop(); err != nil {
+			errc <- err
+		}
+	}()
+	var err error
+	select {
+	case err = <-errc:
+		close(sws.ctrl)
+	case <-stream.Context().Done():
+		err = stream.Context().Err()
+	}
+	if errors.Is(err, context.Canceled) {
+		err = rpctypes.ErrGRPCWatchCanceled
+	}
+	sws.ws.Close()
+	close(sws.closec)
+	sws.wg.Wait()
+	return err
+}
+
+func (sws *watchStream) header(rev int64) *pb.ResponseHeader {
+	h := &pb.ResponseHeader{Revision: rev}
+	sws.s.fill(h)
+	h.Revision = rev // fill would replace a zero revision; etcd sends it as is
+	return h
+}
+
+func (sws *watchStream) control(wr *pb.WatchResponse) bool {
+	select {
+	case sws.ctrl <- wr:
+		return true
+	case <-sws.closec:
+		return false
+	}
+}
+
+func (sws *watchStream) recvLoop() error {
+	for {
+		req, err := sws.grpc.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		switch r := req.RequestUnion.(type) {
+		case *pb.WatchRequest_CreateRequest:
+			if r.CreateRequest != nil && !sws.create(r.CreateRequest) {
+				return nil
+			}
+		case *pb.WatchRequest_CancelRequest:
+			if r.CancelRequest == nil {
+				continue
+			}
+			id := r.CancelRequest.WatchId
+			if err := sws.ws.Cancel(id); err == nil {
+				if !sws.control(&pb.WatchResponse{Header: sws.header(sws.ws.Rev()), WatchId: id, Canceled: true}) {
+					return nil
+				}
+				sws.mu.Lock()
+				delete(sws.prog, id)
+				delete(sws.prevKV, id)
+				delete(sws.fragOK, id)
+				sws.mu.Unlock()
+			}
+		case *pb.WatchRequest_ProgressRequest:
+			if r.ProgressRequest != nil {
+				sws.ws.RequestProgressAll()
+			}
+		}
+	}
+}
+
+// create adds a watcher and queues its created (or refused) response.
+func (sws *watchStream) create(c *pb.WatchCreateRequest) bool {
+	if len(c.Key) == 0 {
+		c.Key = []byte{0}
+	}
+	if c.StartRevision < 0 {
+		return sws.control(&pb.WatchResponse{
+			Header: sws.header(sws.ws.Rev()), WatchId: sqllog.InvalidWatchID,
+			Created: true, Canceled: true, CancelReason: rpctypes.ErrCompacted.Error(),
+		})
+	}
+	end := c.RangeEnd
+	switch {
+	case len(end) == 0:
+		end = nil
+	case len(end) == 1 && end[0] == 0:
+		end = []byte{}
+	}
+	var filters []sqllog.FilterFunc
+	for _, f := range c.Filters {
+		switch f {
+		case pb.WatchCreateRequest_NOPUT:
+			filters = append(filters, func(ev mvccpb.Event) bool { return ev.Type == mvccpb.PUT })
+		case pb.WatchCreateRequest_NODELETE:
+			filters = append(filters, func(ev mvccpb.Event) bool { return ev.Type == mvccpb.DELETE })
+		}
+	}
+	id, err := sws.ws.Watch(c.WatchId, c.Key, end, c.StartRevision, filters...)
+	if err == nil {
+		sws.mu.Lock()
+		if c.ProgressNotify {
+			sws.prog[id] = true
+		}
+		if c.PrevKv {
+			sws.prevKV[id] = true
+		}
+		if c.Fragment {
+			sws.fragOK[id] = true
+		}
+		sws.mu.Unlock()
+	}
+	wr := &pb.WatchResponse{Header: sws.header(sws.ws.Rev()), WatchId: id, Created: true, Canceled: err != nil}
+	if err != nil {
+		wr.CancelReason = err.Error()
+	}
+	return sws.control(wr)
+}
+
+func (sws *watchStream) sendLoop() {
+	created := make(map[int64]bool)
+	pending := make(map[int64][]*pb.WatchResponse)
+	interval := sws.s.cfg.ProgressNotifyInterval
+	ticker := time.NewTicker(interval + time.Duration(rand.Int64N(int64(interval)/10+1)))
+	defer ticker.Stop()
+	for {
+		select {
+		case wresp, ok := <-sws.ws.Chan():
+			if !ok {
+				return
+			}
+			wr := sws.response(wresp)
+			if wresp.WatchID != sqllog.InvalidWatchID && !created[wresp.WatchID] {
+				pending[wresp.WatchID] = append(pending[wresp.WatchID], wr)
+				continue
+			}
+			if !sws.send(wresp.WatchID, wr) {
+				return
+			}
+		case c, ok := <-sws.ctrl:
+			if !ok {
+				return
+			}
+			if err := sws.grpc.Send(c); err != nil {
+				return
+			}
+			if c.Canceled && c.WatchId != sqllog.InvalidWatchID {
+				delete(created, c.WatchId)
+				continue
+			}
+			if c.Created {
+				created[c.WatchId] = true
+				for _, wr := range pending[c.WatchId] {
+					if !sws.send(c.WatchId, wr) {
+						return
+					}
+				}
+				delete(pending, c.WatchId)
+			}
+		case <-ticker.C:
+			sws.mu.Lock()
+			for id, idle := range sws.prog {
+				if idle {
+					sws.ws.RequestProgress(id)
+				}
+				sws.prog[id] = true
+			}
+			sws.mu.Unlock()
+		case <-sws.closec:
+			return
+		}
+	}
+}
+
+// response turns a log watch response into the wire form, adding prev_kv
+// where asked: the key as it was one revision before the event.
+func (sws *watchStream) response(wresp sqllog.WatchResponse) *pb.WatchResponse {
+	sws.mu.Lock()
+	needPrev := sws.prevKV[wresp.WatchID]
+	sws.mu.Unlock()
+	events := make([]*mvccpb.Event, len(wresp.Events))
+	for i := range wresp.Events {
+		ev := wresp.Events[i]
+		if needPrev && !(ev.Type == mvccpb.PUT && ev.Kv.CreateRevision == ev.Kv.ModRevision) {
+			if kv, err := sws.s.log.KVAt(context.Background(), ev.Kv.Key, ev.Kv.ModRevision-1); err == nil && kv != nil {
+				ev.PrevKv = kv
+			}
+		}
+		events[i] = &ev
+	}
+	return &pb.WatchResponse{
+		Header:          sws.header(wresp.Revision),
+		WatchId:         wresp.WatchID,
+		Events:          events,
+		CompactRevision: wresp.CompactRevision,
+		Canceled:        wresp.CompactRevision != 0,
+	}
+}
+
+// send writes wr, split into fragments if the watcher allows it and it is
+// too large, and marks the watcher busy for progress notification.
+func (sws *watchStream) send(id int64, wr *pb.WatchResponse) bool {
+	sws.mu.Lock()
+	frag := sws.fragOK[id]
+	sws.mu.Unlock()
+	var err error
+	if frag {
+		err = sendFragments(wr, sws.maxSize, sws.grpc.Send)
+	} else {
+		err = sws.grpc.Send(wr)
+	}
+	if err != nil {
+		return false
+	}
+	if len(wr.Events) > 0 {
+		sws.mu.Lock()
+		if sws.prog[id] {
+			sws.prog[id] = false
+		}
+		sws.mu.Unlock()
+	}
+	return true
+}
+
+// sendFragments splits a response whose events exceed limit into several,
+// each with at least one event, all but the last marked as fragments.
+func sendFragments(wr *pb.WatchResponse, limit int, send func(*pb.WatchResponse) error) error {
+	if wr.Size() < limit || len(wr.Events) < 2 {
+		return send(wr)
+	}
+	base := *wr
+	base.Events = nil
+	base.Fragment = true
+	idx := 0
+	for {
+		cur := base
+		cur.Events = make([]*mvccpb.Event, 0, len(wr.Events)-idx)
+		for _, ev := range wr.Events[idx:] {
+			cur.Events = append(cur.Events, ev)
+			if len(cur.Events) > 1 && cur.Size() >= limit {
+				cur.Events = cur.Events[:len(cur.Events)-1]
+				break
+			}
+			idx++
+		}
+		if idx == len(wr.Events) {
+			cur.Fragment = false
+		}
+		if err := send(&cur); err != nil {
+			return err
+		}
+		if !cur.Fragment {
+			return nil
+		}
+	}
+}
