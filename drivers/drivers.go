@@ -7,6 +7,7 @@ package drivers
 import (
 	"context"
 	"database/sql"
+	"time"
 )
 
 // Backend is an opened database, ready for sqllog.
@@ -24,8 +25,20 @@ type Backend struct {
 	Shared bool
 	// Dialect supplies the backend-specific SQL.
 	Dialect Dialect
+	// Listen, when set, calls wake whenever another process may have
+	// committed, until ctx ends (PostgreSQL's LISTEN/NOTIFY). Without it the
+	// log polls.
+	Listen func(ctx context.Context, wake func())
 	// Close releases connections and any lock the driver holds.
 	Close func() error
+}
+
+// Options are the connection settings common to the server databases.
+type Options struct {
+	// MaxOpenConns bounds the read pool (the writer has its own connections).
+	MaxOpenConns int
+	// ConnectTimeout bounds establishing one connection.
+	ConnectTimeout time.Duration
 }
 
 // Dialect is the SQL that differs between databases. Statements use '?'
@@ -35,10 +48,13 @@ type Dialect interface {
 	Schema() []string
 	// Rebind rewrites '?' placeholders for this backend.
 	Rebind(query string) string
-	// LockMeta returns the query that reads the meta row and, inside a write
-	// transaction, locks it until commit so that writers are serialised across
-	// processes (revisions are allocated from that row).
-	LockMeta() string
+	// ForUpdate is the clause that makes a SELECT of the meta row inside a
+	// write transaction lock it until commit, so that writers are serialised
+	// across processes (revisions are allocated from that row).
+	ForUpdate() string
 	// BeginWrite starts a transaction that will write.
 	BeginWrite(ctx context.Context, db *sql.DB) (*sql.Tx, error)
+	// Notify is a statement run in each write transaction to wake other
+	// processes when it commits, or "" if the database has no such thing.
+	Notify() string
 }

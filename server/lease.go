@@ -90,11 +90,14 @@ func revokeLease(tw *sqllog.TxnWrite, id int64) int64 {
 }
 
 func (ls *leaseServer) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
-	lease, keys, err := ls.s.log.LookupLease(r.ID, r.Keys)
+	lease, keys, err := ls.s.log.LookupLease(ctx, r.ID, r.Keys)
 	resp := &pb.LeaseTimeToLiveResponse{Header: &pb.ResponseHeader{}, ID: r.ID}
-	if errors.Is(err, sqllog.ErrLeaseNotFound) {
+	switch {
+	case errors.Is(err, sqllog.ErrLeaseNotFound):
 		resp.TTL = -1
-	} else {
+	case err != nil:
+		return nil, toGRPC(err)
+	default:
 		resp.TTL = int64(lease.Remaining(time.Now()).Seconds())
 		resp.GrantedTTL = lease.TTL
 		if r.Keys {

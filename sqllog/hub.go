@@ -286,7 +286,7 @@ func (c *eventCache) get(from, to int64) ([]mvccpb.Event, bool) {
 // about limit rows, cut at a revision boundary. It returns the last revision
 // it covers.
 func (l *Log) readEvents(ctx context.Context, from, to int64, limit int) ([]mvccpb.Event, int64, error) {
-	rows, err := l.be.Read.QueryContext(ctx, l.q(`SELECT rev, key, value, create_rev, version, lease, deleted FROM shimd_log WHERE rev >= ? AND rev <= ? ORDER BY id LIMIT ?`), from, to, limit+1)
+	rows, err := l.be.Read.QueryContext(ctx, l.q(`SELECT rev, kv_key, value, create_rev, version, lease, deleted FROM shimd_log WHERE rev >= ? AND rev <= ? ORDER BY id LIMIT ?`), from, to, limit+1)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -77,14 +77,14 @@ type leaseOp struct {
 	lease  Lease
 }
 
-func (l *Log) loadLeases(ctx context.Context) error {
-	rows, err := l.be.Read.QueryContext(ctx, `SELECT id, ttl, expires_at FROM shimd_lease`)
+// loadLeases replaces the lease map with the lease table.
+func (l *Log) loadLeases(ctx context.Context, q queryer) error {
+	rows, err := q.QueryContext(ctx, `SELECT id, ttl, expires_at FROM shimd_lease`)
 	if err != nil {
 		return fmt.Errorf("read leases: %w", err)
 	}
 	defer rows.Close()
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	byID := make(map[int64]*Lease)
 	for rows.Next() {
 		var ls Lease
 		var ms int64
@@ -92,9 +92,15 @@ func (l *Log) loadLeases(ctx context.Context) error {
 			return fmt.Errorf("read leases: %w", err)
 		}
 		ls.Expiry = time.UnixMilli(ms)
-		l.leases.byID[ls.ID] = &ls
+		byID[ls.ID] = &ls
 	}
-	return rows.Err()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read leases: %w", err)
+	}
+	l.mu.Lock()
+	l.leases.byID = byID
+	l.mu.Unlock()
+	return nil
 }
 
 // LeaseExists reports whether lease id is granted, as of this request.
@@ -231,21 +237,40 @@ func (l *Log) RenewLease(ctx context.Context, id int64, now time.Time) (int64, e
 }
 
 // LookupLease returns lease id and, if withKeys, its attached keys in no
-// particular order (etcd's are unordered too).
-func (l *Log) LookupLease(id int64, withKeys bool) (Lease, [][]byte, error) {
+// particular order (etcd's are unordered too). On a shared database the
+// expiry is read from the table, where keep-alives to any process land.
+func (l *Log) LookupLease(ctx context.Context, id int64, withKeys bool) (Lease, [][]byte, error) {
+	if l.be.Shared {
+		if err := l.sync(ctx); err != nil {
+			return Lease{}, nil, err
+		}
+	}
 	l.mu.RLock()
-	defer l.mu.RUnlock()
 	ls := l.leases.byID[id]
 	if ls == nil {
+		l.mu.RUnlock()
 		return Lease{}, nil, ErrLeaseNotFound
 	}
+	out := *ls
 	var keys [][]byte
 	if withKeys {
 		for k := range l.leases.leaseKeys[id] {
 			keys = append(keys, []byte(k))
 		}
 	}
-	return *ls, keys, nil
+	l.mu.RUnlock()
+	if l.be.Shared {
+		var ms int64
+		err := l.be.Read.QueryRowContext(ctx, l.q(`SELECT expires_at FROM shimd_lease WHERE id = ?`), id).Scan(&ms)
+		if errors.Is(err, sql.ErrNoRows) {
+			return Lease{}, nil, ErrLeaseNotFound
+		}
+		if err != nil {
+			return Lease{}, nil, fmt.Errorf("read lease: %w", err)
+		}
+		out.Expiry = time.UnixMilli(ms)
+	}
+	return out, keys, nil
 }
 
 // Leases returns every lease, soonest to expire first.

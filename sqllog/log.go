@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
@@ -34,6 +35,7 @@ type Log struct {
 	lastID     int64
 	clusterID  uint64
 	leases     leases
+	leaseGen   int64 // meta.lease_gen the lease map reflects
 
 	writes   chan *writeReq
 	maxBatch int
@@ -45,6 +47,8 @@ type Log struct {
 	compactor compactor
 	hub       hub
 
+	follower sync.WaitGroup
+
 	listenMu  sync.Mutex
 	listeners []func(rev int64)
 }
@@ -54,6 +58,9 @@ type Options struct {
 	Logger *slog.Logger
 	// MaxBatch bounds how many write requests share one database transaction.
 	MaxBatch int
+	// PollInterval is how often a shared database is checked for other
+	// processes' commits when nothing wakes the log sooner.
+	PollInterval time.Duration
 }
 
 // Open creates shimd's tables if needed, loads the index from the log and
@@ -70,6 +77,7 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 		lg:       opts.Logger,
 		idx:      newIndex(),
 		leases:   newLeases(),
+		leaseGen: -1, // load the lease table on the first catch-up
 		writes:   make(chan *writeReq, 1024),
 		maxBatch: opts.MaxBatch,
 		quit:     make(chan struct{}),
@@ -91,12 +99,11 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 		l.compactor.stop()
 		return nil, err
 	}
-	if err := l.loadLeases(ctx); err != nil {
-		l.compactor.stop()
-		return nil, err
-	}
 	l.hub.start(l)
 	go l.writer()
+	if be.Shared {
+		l.follow(opts.PollInterval)
+	}
 	return l, nil
 }
 
@@ -111,6 +118,7 @@ func (l *Log) Close() error {
 	l.closeMu.Unlock()
 	close(l.quit)
 	<-l.stopped
+	l.follower.Wait()
 	l.hub.stop()
 	l.compactor.stop()
 	return l.be.Close()
@@ -173,8 +181,13 @@ func (l *Log) initSchema(ctx context.Context) error {
 	if n == 0 {
 		// etcd's store starts at revision 1 with no keys.
 		clusterID := rand.Int64N(1<<62) + 1
-		if _, err := tx.ExecContext(ctx, l.q(`INSERT INTO shimd_meta (id, schema_version, rev, last_id, compact_rev, cluster_id) VALUES (1, ?, 1, 0, 0, ?)`),
+		if _, err := tx.ExecContext(ctx, l.q(`INSERT INTO shimd_meta (id, schema_version, rev, last_id, compact_rev, lease_gen, cluster_id) VALUES (1, ?, 1, 0, 0, 0, ?)`),
 			SchemaVersion, clusterID); err != nil {
+			// Another process starting at the same time got there first.
+			tx.Rollback()
+			if _, merr := l.readMeta(ctx, l.be.Write); merr == nil {
+				return nil
+			}
 			return fmt.Errorf("init meta: %w", err)
 		}
 	}
@@ -186,6 +199,7 @@ type meta struct {
 	rev           int64
 	lastID        int64
 	compactRev    int64
+	leaseGen      int64
 	clusterID     int64
 }
 
@@ -194,9 +208,14 @@ type queryer interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
+// readMeta reads the meta row; inside a write transaction it also locks it.
 func (l *Log) readMeta(ctx context.Context, q queryer) (meta, error) {
 	var m meta
-	err := q.QueryRowContext(ctx, l.be.Dialect.LockMeta()).Scan(&m.schemaVersion, &m.rev, &m.lastID, &m.compactRev, &m.clusterID)
+	query := `SELECT schema_version, rev, last_id, compact_rev, lease_gen, cluster_id FROM shimd_meta WHERE id = 1`
+	if _, inTx := q.(*sql.Tx); inTx {
+		query += l.be.Dialect.ForUpdate()
+	}
+	err := q.QueryRowContext(ctx, query).Scan(&m.schemaVersion, &m.rev, &m.lastID, &m.compactRev, &m.leaseGen, &m.clusterID)
 	if err != nil {
 		return m, fmt.Errorf("read meta: %w", err)
 	}
@@ -217,7 +236,7 @@ func (l *Log) catchUp(ctx context.Context, q queryer, m meta) error {
 		if loading {
 			value = "NULL"
 		}
-		rows, err := q.QueryContext(ctx, l.q(`SELECT id, rev, key, `+value+`, create_rev, version, lease, deleted FROM shimd_log WHERE rev > ? AND rev <= ? ORDER BY id`), l.rev, m.rev)
+		rows, err := q.QueryContext(ctx, l.q(`SELECT id, rev, kv_key, `+value+`, create_rev, version, lease, deleted FROM shimd_log WHERE rev > ? AND rev <= ? ORDER BY id`), l.rev, m.rev)
 		if err != nil {
 			return fmt.Errorf("read log: %w", err)
 		}
@@ -257,6 +276,15 @@ func (l *Log) catchUp(ctx context.Context, q queryer, m meta) error {
 	if m.compactRev > l.CompactRev() {
 		l.compactIndex(m.compactRev)
 	}
+	if m.leaseGen != l.leaseGen {
+		// Another process granted or revoked leases.
+		if err := l.loadLeases(ctx, q); err != nil {
+			return err
+		}
+		l.mu.Lock()
+		l.leaseGen = m.leaseGen
+		l.mu.Unlock()
+	}
 	return nil
 }
 
@@ -272,4 +300,49 @@ func (l *Log) notifyWatchers(changes []Change) {
 		}
 		l.hub.notify(rev, evs)
 	}
+}
+
+// DefaultPollInterval is how often a shared database is polled for other
+// processes' commits.
+const DefaultPollInterval = 100 * time.Millisecond
+
+// follow keeps the index and the watchers up with commits by other processes
+// sharing the database: at once when the database notifies, else by polling.
+func (l *Log) follow(interval time.Duration) {
+	if interval <= 0 {
+		interval = DefaultPollInterval
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	wake := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+	if l.be.Listen != nil {
+		l.follower.Add(1)
+		go func() {
+			defer l.follower.Done()
+			l.be.Listen(ctx, poke)
+		}()
+	}
+	l.follower.Add(1)
+	go func() {
+		defer l.follower.Done()
+		defer cancel()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-l.quit:
+				return
+			case <-t.C:
+			case <-wake:
+			}
+			if err := l.sync(ctx); err != nil && ctx.Err() == nil {
+				l.lg.Warn("following the shared log failed; will retry", "err", err)
+			}
+		}
+	}()
 }

@@ -68,7 +68,10 @@ func (l *Log) sync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if m.rev <= l.Rev() && m.compactRev <= l.CompactRev() {
+	l.mu.RLock()
+	current := m.rev <= l.rev && m.compactRev <= l.compactRev && m.leaseGen == l.leaseGen
+	l.mu.RUnlock()
+	if current {
 		return nil
 	}
 	l.applyMu.Lock()

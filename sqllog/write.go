@@ -27,6 +27,7 @@ type batch struct {
 	changes  []Change
 	values   map[int64][]byte // staged values by row id
 	leaseOps []leaseOp
+	leaseGen int64
 	tx       *sql.Tx
 }
 
@@ -222,7 +223,7 @@ func (l *Log) commit(reqs []*writeReq) {
 	}
 	// Another process wrote (shared database), or a commit whose outcome was
 	// reported as failed did land: either way the log is the truth.
-	if m.rev != l.Rev() || m.compactRev > l.CompactRev() {
+	if m.rev != l.Rev() || m.compactRev > l.CompactRev() || m.leaseGen != l.leaseGen {
 		if err := l.catchUp(ctx, tx, m); err != nil {
 			fail(err)
 			return
@@ -259,6 +260,11 @@ func (l *Log) commit(reqs []*writeReq) {
 		fail(err)
 		return
 	}
+	if err := l.advance(ctx, tx, b); err != nil {
+		b.unstage(l, 0)
+		fail(err)
+		return
+	}
 	if err := tx.Commit(); err != nil {
 		b.unstage(l, 0)
 		fail(fmt.Errorf("commit: %w", err))
@@ -270,35 +276,57 @@ func (l *Log) commit(reqs []*writeReq) {
 	l.mu.Lock()
 	l.applyLeaseOps(b.leaseOps)
 	l.applyAttachments(b.changes)
+	l.leaseGen = b.leaseGen
 	l.rev = b.rev
 	l.lastID = b.lastID
 	l.mu.Unlock()
 	l.notify(b.rev)
 }
 
-// insertRows bounds the rows in one INSERT statement.
-const insertRows = 64
+// insertRows and insertBytes bound one INSERT statement (MySQL refuses
+// packets over max_allowed_packet, 16 MiB by default).
+const (
+	insertRows  = 64
+	insertBytes = 4 << 20
+)
 
 // insert appends the batch's rows and moves the meta row on.
 func (l *Log) insert(ctx context.Context, tx *sql.Tx, b *batch) error {
-	if len(b.changes) == 0 {
-		return nil
-	}
 	for rest := b.changes; len(rest) > 0; {
-		chunk := rest[:min(len(rest), insertRows)]
-		rest = rest[len(chunk):]
+		n, size := 1, len(rest[0].Key)+len(rest[0].Value)
+		for n < len(rest) && n < insertRows && size+len(rest[n].Key)+len(rest[n].Value) <= insertBytes {
+			size += len(rest[n].Key) + len(rest[n].Value)
+			n++
+		}
+		chunk := rest[:n]
+		rest = rest[n:]
 		args := make([]any, 0, len(chunk)*8)
 		for _, c := range chunk {
 			args = append(args, c.e.id, c.e.rev, c.Key, c.Value, c.e.create, c.e.version, c.e.lease, c.e.tombstone())
 		}
-		query := l.q(`INSERT INTO shimd_log (id, rev, key, value, create_rev, version, lease, deleted) VALUES (?,?,?,?,?,?,?,?)` +
+		query := l.q(`INSERT INTO shimd_log (id, rev, kv_key, value, create_rev, version, lease, deleted) VALUES (?,?,?,?,?,?,?,?)` +
 			strings.Repeat(`,(?,?,?,?,?,?,?,?)`, len(chunk)-1))
 		if _, err := tx.ExecContext(ctx, query, args...); err != nil {
 			return fmt.Errorf("append to log: %w", err)
 		}
 	}
-	if _, err := tx.ExecContext(ctx, l.q(`UPDATE shimd_meta SET rev = ?, last_id = ? WHERE id = 1`), b.rev, b.lastID); err != nil {
+	return nil
+}
+
+// advance moves the meta row on past the batch.
+func (l *Log) advance(ctx context.Context, tx *sql.Tx, b *batch) error {
+	gen := l.leaseGen
+	if len(b.leaseOps) > 0 {
+		gen++
+	}
+	if _, err := tx.ExecContext(ctx, l.q(`UPDATE shimd_meta SET rev = ?, last_id = ?, lease_gen = ? WHERE id = 1`), b.rev, b.lastID, gen); err != nil {
 		return fmt.Errorf("advance revision: %w", err)
+	}
+	b.leaseGen = gen
+	if notify := l.be.Dialect.Notify(); notify != "" {
+		if _, err := tx.ExecContext(ctx, notify); err != nil {
+			return fmt.Errorf("notify: %w", err)
+		}
 	}
 	return nil
 }

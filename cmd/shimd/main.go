@@ -20,6 +20,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/shimd/shimd/drivers"
+	"github.com/shimd/shimd/drivers/mysql"
+	"github.com/shimd/shimd/drivers/postgres"
 	"github.com/shimd/shimd/drivers/sqlite"
 	"github.com/shimd/shimd/server"
 	"github.com/shimd/shimd/sqllog"
@@ -36,6 +38,9 @@ type config struct {
 	maxTxnOps         int
 	logLevel          string
 	progressInterval  time.Duration
+	dbMaxConns        int
+	dbConnectTimeout  time.Duration
+	dbPollInterval    time.Duration
 }
 
 func main() {
@@ -62,7 +67,10 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.StringVar(&cfg.name, "name", "default", "Human-readable name for this member.")
 	fs.StringVar(&cfg.dataDir, "data-dir", "", "Path to the data directory (default \"${name}.shimd\"); holds the SQLite database unless --endpoint names another.")
 	fs.StringVar(&cfg.listenClientURLs, "listen-client-urls", "http://127.0.0.1:2379", "List of URLs to listen on for client traffic.")
-	fs.StringVar(&cfg.endpoint, "endpoint", "", "Database to store data in: empty for SQLite in the data dir, or sqlite://PATH.")
+	fs.StringVar(&cfg.endpoint, "endpoint", "", "Database to store data in: empty for SQLite in the data dir, sqlite://PATH, postgres://USER@HOST:PORT/DB, or mysql://USER:PASS@tcp(HOST:PORT)/DB.")
+	fs.IntVar(&cfg.dbMaxConns, "db-max-conns", 16, "Most connections in the database read pool (PostgreSQL, MySQL).")
+	fs.DurationVar(&cfg.dbConnectTimeout, "db-connect-timeout", 5*time.Second, "Time allowed to open one database connection.")
+	fs.DurationVar(&cfg.dbPollInterval, "db-poll-interval", sqllog.DefaultPollInterval, "How often a shared database (PostgreSQL, MySQL) is polled for other shimd processes' writes.")
 	fs.Int64Var(&cfg.quotaBackendBytes, "quota-backend-bytes", 0, "Raise alarms when backend size exceeds the given quota (0 defaults to low space quota).")
 	fs.IntVar(&cfg.maxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes, "Maximum client request size in bytes the server will accept.")
 	fs.IntVar(&cfg.maxTxnOps, "max-txn-ops", server.DefaultMaxTxnOps, "Maximum number of operations permitted in a transaction.")
@@ -144,16 +152,21 @@ func parseListenURLs(list string) ([]string, error) {
 }
 
 // openBackend opens the database --endpoint names.
-func openBackend(cfg *config) (*drivers.Backend, error) {
+func openBackend(ctx context.Context, cfg *config) (*drivers.Backend, error) {
 	ep := cfg.endpoint
+	opts := drivers.Options{MaxOpenConns: cfg.dbMaxConns, ConnectTimeout: cfg.dbConnectTimeout}
 	switch {
 	case ep == "":
 		return sqlite.Open(filepath.Join(cfg.dataDir, sqlite.FileName))
 	case strings.HasPrefix(ep, "sqlite://"), strings.HasPrefix(ep, "file:"):
 		return sqlite.Open(ep)
+	case strings.HasPrefix(ep, "postgres://"), strings.HasPrefix(ep, "postgresql://"):
+		return postgres.Open(ctx, ep, opts)
+	case strings.HasPrefix(ep, "mysql://"):
+		return mysql.Open(ctx, ep, opts)
 	}
 	scheme, _, _ := strings.Cut(ep, "://")
-	return nil, fmt.Errorf("--endpoint: unsupported database %q (supported: sqlite://PATH, or empty for SQLite in --data-dir)", scheme)
+	return nil, fmt.Errorf("--endpoint: unsupported database %q (supported: sqlite://, postgres://, mysql://, or empty for SQLite in --data-dir)", scheme)
 }
 
 func run(ctx context.Context, cfg *config) error {
@@ -161,11 +174,11 @@ func run(ctx context.Context, cfg *config) error {
 	lg := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	addrs, _ := parseListenURLs(cfg.listenClientURLs)
 
-	be, err := openBackend(cfg)
+	be, err := openBackend(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("open database: %w", err)
 	}
-	log, err := sqllog.Open(ctx, be, sqllog.Options{Logger: lg})
+	log, err := sqllog.Open(ctx, be, sqllog.Options{Logger: lg, PollInterval: cfg.dbPollInterval})
 	if err != nil {
 		be.Close()
 		return fmt.Errorf("open database: %w", err)

@@ -102,12 +102,13 @@ func (dialect) Schema() []string {
 			rev INTEGER NOT NULL,
 			last_id INTEGER NOT NULL,
 			compact_rev INTEGER NOT NULL,
+			lease_gen INTEGER NOT NULL,
 			cluster_id INTEGER NOT NULL
 		)`,
 		`CREATE TABLE IF NOT EXISTS shimd_log (
 			id INTEGER PRIMARY KEY,
 			rev INTEGER NOT NULL,
-			key BLOB NOT NULL,
+			kv_key BLOB NOT NULL,
 			value BLOB NOT NULL,
 			create_rev INTEGER NOT NULL,
 			version INTEGER NOT NULL,
@@ -126,9 +127,9 @@ func (dialect) Schema() []string {
 func (dialect) Rebind(q string) string { return q }
 
 // BEGIN IMMEDIATE (via _txlock) already holds the database's write lock.
-func (dialect) LockMeta() string {
-	return `SELECT schema_version, rev, last_id, compact_rev, cluster_id FROM shimd_meta WHERE id = 1`
-}
+func (dialect) ForUpdate() string { return "" }
+
+func (dialect) Notify() string { return "" }
 
 func (dialect) BeginWrite(ctx context.Context, db *sql.DB) (*sql.Tx, error) {
 	return db.BeginTx(ctx, nil)

@@ -1,0 +1,164 @@
+// Package postgres stores shimd's log in PostgreSQL, through pgx. Several
+// shimd processes may share one database; LISTEN/NOTIFY wakes each of them
+// as soon as another commits.
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/shimd/shimd/drivers"
+)
+
+// channel is the NOTIFY channel writers signal on.
+const channel = "shimd_log"
+
+// Open connects to the database dsn names: a postgres:// or postgresql://
+// URL, or pgx's key=value form.
+func Open(ctx context.Context, dsn string, opts drivers.Options) (*drivers.Backend, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: bad endpoint: %w", redact(err, dsn))
+	}
+	if opts.ConnectTimeout > 0 {
+		cfg.ConnectTimeout = opts.ConnectTimeout
+	}
+	connector := stdlib.GetConnector(*cfg)
+	read := sql.OpenDB(connector)
+	read.SetMaxOpenConns(max(opts.MaxOpenConns, 2))
+	read.SetMaxIdleConns(max(opts.MaxOpenConns, 2))
+	read.SetConnMaxIdleTime(5 * time.Minute)
+	// The writer's transactions, plus compaction and lease renewals.
+	write := sql.OpenDB(connector)
+	write.SetMaxOpenConns(4)
+	write.SetMaxIdleConns(4)
+	write.SetConnMaxIdleTime(5 * time.Minute)
+	pctx, cancel := context.WithTimeout(ctx, max(opts.ConnectTimeout, 5*time.Second))
+	defer cancel()
+	if err := write.PingContext(pctx); err != nil {
+		read.Close()
+		write.Close()
+		return nil, fmt.Errorf("postgres: connect to %s:%d: %w", cfg.Host, cfg.Port, redact(err, cfg.Password))
+	}
+	return &drivers.Backend{
+		Name:    "postgres",
+		Write:   write,
+		Read:    read,
+		Shared:  true,
+		Dialect: dialect{},
+		Listen:  func(ctx context.Context, wake func()) { listen(ctx, cfg, wake) },
+		Close: func() error {
+			err := read.Close()
+			if werr := write.Close(); err == nil {
+				err = werr
+			}
+			return err
+		},
+	}, nil
+}
+
+// listen holds a connection subscribed to the channel and calls wake for
+// every notification; it reconnects after errors, waking once each time in
+// case a commit slipped by while it was away.
+func listen(ctx context.Context, cfg *pgx.ConnConfig, wake func()) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		conn, err := pgx.ConnectConfig(ctx, cfg)
+		if err == nil {
+			_, err = conn.Exec(ctx, "LISTEN "+channel)
+			if err == nil {
+				backoff = 100 * time.Millisecond
+				wake()
+				for {
+					if _, err = conn.WaitForNotification(ctx); err != nil {
+						break
+					}
+					wake()
+				}
+			}
+			conn.Close(context.Background())
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+			backoff = min(2*backoff, 5*time.Second)
+		}
+	}
+}
+
+// redact keeps a password out of an error message.
+func redact(err error, secret string) error {
+	if secret == "" || !strings.Contains(err.Error(), secret) {
+		return err
+	}
+	return fmt.Errorf("%s", strings.ReplaceAll(err.Error(), secret, "xxxxx"))
+}
+
+type dialect struct{}
+
+func (dialect) Schema() []string {
+	return []string{
+		// Processes starting together must not race to create the tables.
+		`SELECT pg_advisory_xact_lock(7361696)`,
+		`CREATE TABLE IF NOT EXISTS shimd_meta (
+			id INTEGER PRIMARY KEY CHECK (id = 1),
+			schema_version BIGINT NOT NULL,
+			rev BIGINT NOT NULL,
+			last_id BIGINT NOT NULL,
+			compact_rev BIGINT NOT NULL,
+			lease_gen BIGINT NOT NULL,
+			cluster_id BIGINT NOT NULL
+		)`,
+		`CREATE TABLE IF NOT EXISTS shimd_log (
+			id BIGINT PRIMARY KEY,
+			rev BIGINT NOT NULL,
+			kv_key BYTEA NOT NULL,
+			value BYTEA NOT NULL,
+			create_rev BIGINT NOT NULL,
+			version BIGINT NOT NULL,
+			lease BIGINT NOT NULL,
+			deleted BOOLEAN NOT NULL
+		)`,
+		`CREATE INDEX IF NOT EXISTS shimd_log_rev ON shimd_log (rev, id)`,
+		`CREATE TABLE IF NOT EXISTS shimd_lease (
+			id BIGINT PRIMARY KEY,
+			ttl BIGINT NOT NULL,
+			expires_at BIGINT NOT NULL
+		)`,
+	}
+}
+
+// Rebind numbers the placeholders: ? becomes $1, $2, ...
+func (dialect) Rebind(q string) string {
+	if !strings.Contains(q, "?") {
+		return q
+	}
+	var b strings.Builder
+	b.Grow(len(q) + 16)
+	n := 0
+	for i := 0; i < len(q); i++ {
+		if q[i] == '?' {
+			n++
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n))
+			continue
+		}
+		b.WriteByte(q[i])
+	}
+	return b.String()
+}
+
+func (dialect) ForUpdate() string { return " FOR UPDATE" }
+
+func (dialect) Notify() string { return `SELECT pg_notify('` + channel + `', '')` }
+
+func (dialect) BeginWrite(ctx context.Context, db *sql.DB) (*sql.Tx, error) {
+	return db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+}
