@@ -54,7 +54,16 @@ type Dialect interface {
 	ForUpdate() string
 	// BeginWrite starts a transaction that will write.
 	BeginWrite(ctx context.Context, db *sql.DB) (*sql.Tx, error)
+	// BeginSnapshot starts a read-only transaction that sees one consistent
+	// state of the database throughout.
+	BeginSnapshot(ctx context.Context, db *sql.DB) (*sql.Tx, error)
 	// Notify is a statement run in each write transaction to wake other
 	// processes when it commits, or "" if the database has no such thing.
 	Notify() string
+	// Size returns the bytes shimd's tables take on disk and, if the
+	// database can tell, how many of them hold live data (-1 if not).
+	Size(ctx context.Context, db *sql.DB) (size, inUse int64, err error)
+	// Defragment gives the space of deleted rows back, as etcd's defrag does
+	// for its file.
+	Defragment(ctx context.Context, db *sql.DB) error
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
 	"github.com/shimd/shimd/sqllog"
 )
@@ -31,6 +32,9 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 }
 
 func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
+	if err := k.s.checkQuota(ctx, costPut(r)); err != nil {
+		return nil, err
+	}
 	if err := checkPut(r); err != nil {
 		return nil, err
 	}
@@ -39,6 +43,9 @@ func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 	}
 	var resp *pb.PutResponse
 	err := k.s.log.Write(ctx, func(tw *sqllog.TxnWrite) error {
+		if k.s.capped() {
+			return rpctypes.ErrGRPCNoSpace
+		}
 		if r.Lease != 0 && !tw.LeaseExists(r.Lease) {
 			return errLeaseNotFound
 		}
@@ -74,6 +81,10 @@ func (k *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*
 }
 
 func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	cost := costTxn(r)
+	if err := k.s.checkQuota(ctx, cost); err != nil {
+		return nil, err
+	}
 	if err := checkTxn(r, k.s.cfg.MaxTxnOps); err != nil {
 		return nil, err
 	}
@@ -96,6 +107,9 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 			return nil, toGRPC(err)
 		}
 		err = k.s.log.Write(ctx, func(tw *sqllog.TxnWrite) error {
+			if cost > 0 && k.s.capped() {
+				return rpctypes.ErrGRPCNoSpace
+			}
 			var err error
 			resp, err = k.s.runTxn(ctx, tw, r)
 			return err

@@ -32,6 +32,9 @@ type leaseServer struct {
 }
 
 func (ls *leaseServer) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+	if err := ls.s.checkQuota(ctx, leaseOverhead); err != nil {
+		return nil, err
+	}
 	id := r.ID
 	for id == 0 {
 		id = rand.Int64() // positive, as etcd's generated ids are
@@ -45,6 +48,9 @@ func (ls *leaseServer) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) 
 	ttl := max(r.TTL, minLeaseTTL)
 	var rev int64
 	err := ls.s.log.Write(ctx, func(tw *sqllog.TxnWrite) error {
+		if ls.s.capped() {
+			return rpctypes.ErrGRPCNoSpace
+		}
 		if tw.LeaseExists(id) {
 			return rpctypes.ErrGRPCLeaseExist
 		}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"hash/fnv"
 	"log/slog"
+	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -27,10 +28,14 @@ const (
 
 // Config holds the request limits and identity of a member.
 type Config struct {
-	// Name is the member's name (etcd's --name); the member id derives from it.
-	Name            string
-	MaxTxnOps       int
-	MaxRequestBytes int
+	// Name is the member's name (etcd's --name); the member id derives from
+	// it and the client URLs.
+	Name       string
+	ClientURLs []string
+	// QuotaBackendBytes is the space quota (0: etcd's default, 2 GiB).
+	QuotaBackendBytes int64
+	MaxTxnOps         int
+	MaxRequestBytes   int
 	// ProgressNotifyInterval is how often idle progress_notify watchers are
 	// told the current revision.
 	ProgressNotifyInterval time.Duration
@@ -43,8 +48,9 @@ type Server struct {
 	cfg      Config
 	lg       *slog.Logger
 	memberID uint64
+	quota    quota
 	stop     context.CancelFunc
-	done     chan struct{}
+	wg       sync.WaitGroup
 }
 
 // New returns a server for log.
@@ -74,19 +80,33 @@ func New(log *sqllog.Log, cfg Config) *Server {
 		b[i] = byte(c >> (8 * i))
 	}
 	h.Write(b[:])
+	for _, u := range cfg.ClientURLs {
+		h.Write([]byte(u))
+	}
 	ctx, stop := context.WithCancel(context.Background())
-	s := &Server{log: log, cfg: cfg, lg: cfg.Logger, memberID: h.Sum64(), stop: stop, done: make(chan struct{})}
-	go func() {
-		defer close(s.done)
-		s.expireLeases(ctx)
-	}()
+	s := &Server{log: log, cfg: cfg, lg: cfg.Logger, memberID: h.Sum64(), stop: stop}
+	s.quota.bytes = cfg.QuotaBackendBytes
+	if s.quota.bytes <= 0 {
+		s.quota.bytes = DefaultQuotaBytes
+	}
+	s.refreshSize(ctx)
+	for _, loop := range []func(context.Context){s.expireLeases, s.measureSize, s.heartbeat} {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			loop(ctx)
+		}()
+	}
 	return s
 }
+
+// MemberID is this member's id.
+func (s *Server) MemberID() uint64 { return s.memberID }
 
 // Close stops the server's background work; the log stays open.
 func (s *Server) Close() {
 	s.stop()
-	<-s.done
+	s.wg.Wait()
 }
 
 // GRPCOptions are the server options etcd's limits imply.
@@ -102,6 +122,8 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterKVServer(g, &kvServer{s: s})
 	pb.RegisterLeaseServer(g, &leaseServer{s: s})
 	pb.RegisterWatchServer(g, &watchServer{s: s})
+	pb.RegisterMaintenanceServer(g, &maintenanceServer{s: s})
+	pb.RegisterClusterServer(g, &clusterServer{s: s})
 }
 
 // header returns a response header at rev with this member's identity.

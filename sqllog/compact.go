@@ -49,8 +49,10 @@ func (l *Log) Compact(ctx context.Context, rev int64) (<-chan struct{}, error) {
 // finds the same garbage when it compacts the loaded index.
 func (l *Log) compactIndex(rev int64) <-chan struct{} {
 	l.mu.Lock()
-	garbage := l.idx.compact(rev)
+	garbage, freed := l.idx.compact(rev)
 	l.compactRev = rev
+	l.liveBytes -= freed
+	l.liveRows -= int64(len(garbage))
 	l.mu.Unlock()
 	return l.compactor.enqueue(garbage)
 }

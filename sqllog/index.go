@@ -14,6 +14,7 @@ type entry struct {
 	create  int64 // create revision of the key's current life
 	version int64 // 0 marks a tombstone (a delete)
 	lease   int64
+	size    int64 // bytes of key and value, for the in-use estimate
 }
 
 func (e entry) tombstone() bool { return e.version == 0 }
@@ -22,6 +23,8 @@ func (e entry) tombstone() bool { return e.version == 0 }
 type keyIndex struct {
 	key  []byte
 	revs []entry
+	// dropped accumulates the sizes removed by compact, for the caller.
+	dropped int64
 }
 
 // at returns the change visible at rev and whether the key is live then.
@@ -34,19 +37,22 @@ func (ki *keyIndex) at(rev int64) (entry, bool) {
 }
 
 // compact drops the changes no read at or after rev can see: everything before
-// the last change at or before rev, and that one too when it is a tombstone.
-// It returns the row ids dropped.
+// the last change at or before rev, and that one too when it is a tombstone
+// older than rev. A tombstone at rev itself stays, as in etcd 3.6, so that a
+// watch from the compact revision still sees that delete. It returns the row
+// ids dropped.
 func (ki *keyIndex) compact(rev int64, garbage []int64) []int64 {
 	i := sort.Search(len(ki.revs), func(i int) bool { return ki.revs[i].rev > rev }) - 1
 	if i < 0 {
 		return garbage
 	}
 	keep := i
-	if ki.revs[i].tombstone() {
+	if ki.revs[i].tombstone() && ki.revs[i].rev < rev {
 		keep = i + 1
 	}
 	for _, e := range ki.revs[:keep] {
 		garbage = append(garbage, e.id)
+		ki.dropped += e.size
 	}
 	if keep > 0 {
 		ki.revs = append(ki.revs[:0:0], ki.revs[keep:]...)
@@ -112,11 +118,12 @@ func (x *index) ascend(key, end []byte, fn func(ki *keyIndex) bool) {
 
 // compact compacts every key at rev, dropping keys left with no changes, and
 // returns the row ids that no read can reach any more.
-func (x *index) compact(rev int64) []int64 {
-	var garbage []int64
+func (x *index) compact(rev int64) (garbage []int64, freed int64) {
 	var empty []*keyIndex
 	x.tree.Ascend(func(ki *keyIndex) bool {
 		garbage = ki.compact(rev, garbage)
+		freed += ki.dropped
+		ki.dropped = 0
 		if len(ki.revs) == 0 {
 			empty = append(empty, ki)
 		}
@@ -125,5 +132,5 @@ func (x *index) compact(rev int64) []int64 {
 	for _, ki := range empty {
 		x.tree.Delete(ki)
 	}
-	return garbage
+	return garbage, freed
 }

@@ -36,6 +36,9 @@ type Log struct {
 	clusterID  uint64
 	leases     leases
 	leaseGen   int64 // meta.lease_gen the lease map reflects
+	liveBytes  int64 // keys and values of the retained rows
+	liveRows   int64 // retained rows
+	alarms     []Alarm
 
 	writes   chan *writeReq
 	maxBatch int
@@ -96,6 +99,10 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 	l.clusterID = uint64(m.clusterID)
 	l.compactor.start(l)
 	if err := l.catchUp(ctx, be.Read, m); err != nil {
+		l.compactor.stop()
+		return nil, err
+	}
+	if err := l.loadAlarms(ctx); err != nil {
 		l.compactor.stop()
 		return nil, err
 	}
@@ -236,7 +243,7 @@ func (l *Log) catchUp(ctx context.Context, q queryer, m meta) error {
 		if loading {
 			value = "NULL"
 		}
-		rows, err := q.QueryContext(ctx, l.q(`SELECT id, rev, kv_key, `+value+`, create_rev, version, lease, deleted FROM shimd_log WHERE rev > ? AND rev <= ? ORDER BY id`), l.rev, m.rev)
+		rows, err := q.QueryContext(ctx, l.q(`SELECT id, rev, sub, kv_key, `+value+`, LENGTH(value), create_rev, version, lease, deleted FROM shimd_log WHERE rev > ? AND rev <= ? ORDER BY id`), l.rev, m.rev)
 		if err != nil {
 			return fmt.Errorf("read log: %w", err)
 		}
@@ -244,13 +251,15 @@ func (l *Log) catchUp(ctx context.Context, q queryer, m meta) error {
 		for rows.Next() {
 			var c Change
 			var deleted bool
-			if err := rows.Scan(&c.e.id, &c.e.rev, &c.Key, &c.Value, &c.e.create, &c.e.version, &c.e.lease, &deleted); err != nil {
+			var vlen int64
+			if err := rows.Scan(&c.e.id, &c.e.rev, &c.sub, &c.Key, &c.Value, &vlen, &c.e.create, &c.e.version, &c.e.lease, &deleted); err != nil {
 				rows.Close()
 				return fmt.Errorf("read log: %w", err)
 			}
 			if deleted {
 				c.e.version = 0
 			}
+			c.e.size = int64(len(c.Key)) + vlen
 			batch = append(batch, c)
 		}
 		if err := rows.Close(); err != nil {
@@ -262,6 +271,8 @@ func (l *Log) catchUp(ctx context.Context, q queryer, m meta) error {
 		l.mu.Lock()
 		for _, c := range batch {
 			l.idx.add(c.Key, c.e)
+			l.liveBytes += c.e.size
+			l.liveRows++
 		}
 		l.applyAttachments(batch)
 		l.mu.Unlock()
@@ -340,7 +351,11 @@ func (l *Log) follow(interval time.Duration) {
 			case <-t.C:
 			case <-wake:
 			}
-			if err := l.sync(ctx); err != nil && ctx.Err() == nil {
+			err := l.sync(ctx)
+			if err == nil {
+				err = l.loadAlarms(ctx)
+			}
+			if err != nil && ctx.Err() == nil {
 				l.lg.Warn("following the shared log failed; will retry", "err", err)
 			}
 		}

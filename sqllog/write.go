@@ -35,6 +35,7 @@ type batch struct {
 type Change struct {
 	Key   []byte
 	Value []byte
+	sub   int64 // etcd's sub-revision: the change's place in its request
 	e     entry
 }
 
@@ -106,7 +107,8 @@ func (tw *TxnWrite) DeleteRange(key, end []byte) (n, rev int64) {
 func (tw *TxnWrite) stage(key, value []byte, e entry) {
 	tw.b.lastID++
 	e.id = tw.b.lastID
-	tw.b.changes = append(tw.b.changes, Change{Key: key, Value: value, e: e})
+	e.size = int64(len(key) + len(value))
+	tw.b.changes = append(tw.b.changes, Change{Key: key, Value: value, sub: int64(tw.Changes()), e: e})
 	tw.b.values[e.id] = value
 	// Readers only look at committed revisions, so a staged entry is invisible
 	// to them until the batch commits and l.rev moves past it.
@@ -276,6 +278,10 @@ func (l *Log) commit(reqs []*writeReq) {
 	l.mu.Lock()
 	l.applyLeaseOps(b.leaseOps)
 	l.applyAttachments(b.changes)
+	for _, c := range b.changes {
+		l.liveBytes += c.e.size
+	}
+	l.liveRows += int64(len(b.changes))
 	l.leaseGen = b.leaseGen
 	l.rev = b.rev
 	l.lastID = b.lastID
@@ -302,10 +308,10 @@ func (l *Log) insert(ctx context.Context, tx *sql.Tx, b *batch) error {
 		rest = rest[n:]
 		args := make([]any, 0, len(chunk)*8)
 		for _, c := range chunk {
-			args = append(args, c.e.id, c.e.rev, c.Key, c.Value, c.e.create, c.e.version, c.e.lease, c.e.tombstone())
+			args = append(args, c.e.id, c.e.rev, c.sub, c.Key, c.Value, c.e.create, c.e.version, c.e.lease, c.e.tombstone())
 		}
-		query := l.q(`INSERT INTO shimd_log (id, rev, kv_key, value, create_rev, version, lease, deleted) VALUES (?,?,?,?,?,?,?,?)` +
-			strings.Repeat(`,(?,?,?,?,?,?,?,?)`, len(chunk)-1))
+		query := l.q(`INSERT INTO shimd_log (id, rev, sub, kv_key, value, create_rev, version, lease, deleted) VALUES (?,?,?,?,?,?,?,?,?)` +
+			strings.Repeat(`,(?,?,?,?,?,?,?,?,?)`, len(chunk)-1))
 		if _, err := tx.ExecContext(ctx, query, args...); err != nil {
 			return fmt.Errorf("append to log: %w", err)
 		}

@@ -41,9 +41,17 @@ type config struct {
 	dbMaxConns        int
 	dbConnectTimeout  time.Duration
 	dbPollInterval    time.Duration
+	pgVacuumFull      bool
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "snapshot" {
+		if err := snapshotCommand(os.Args[2:], os.Stderr); err != nil {
+			fmt.Fprintf(os.Stderr, "shimd: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	cfg, err := parseFlags(os.Args[1:], os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -70,6 +78,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.StringVar(&cfg.endpoint, "endpoint", "", "Database to store data in: empty for SQLite in the data dir, sqlite://PATH, postgres://USER@HOST:PORT/DB, or mysql://USER:PASS@tcp(HOST:PORT)/DB.")
 	fs.IntVar(&cfg.dbMaxConns, "db-max-conns", 16, "Most connections in the database read pool (PostgreSQL, MySQL).")
 	fs.DurationVar(&cfg.dbConnectTimeout, "db-connect-timeout", 5*time.Second, "Time allowed to open one database connection.")
+	fs.BoolVar(&cfg.pgVacuumFull, "postgres-vacuum-full", false, "Make defragment run VACUUM FULL on PostgreSQL: returns all free space to the filesystem, but locks shimd's tables while it runs.")
 	fs.DurationVar(&cfg.dbPollInterval, "db-poll-interval", sqllog.DefaultPollInterval, "How often a shared database (PostgreSQL, MySQL) is polled for other shimd processes' writes.")
 	fs.Int64Var(&cfg.quotaBackendBytes, "quota-backend-bytes", 0, "Raise alarms when backend size exceeds the given quota (0 defaults to low space quota).")
 	fs.IntVar(&cfg.maxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes, "Maximum client request size in bytes the server will accept.")
@@ -151,6 +160,17 @@ func parseListenURLs(list string) ([]string, error) {
 	return addrs, nil
 }
 
+// clientURLs lists the URLs clients reach this member on.
+func clientURLs(list string) []string {
+	var out []string
+	for _, u := range strings.Split(list, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
 // openBackend opens the database --endpoint names.
 func openBackend(ctx context.Context, cfg *config) (*drivers.Backend, error) {
 	ep := cfg.endpoint
@@ -161,6 +181,7 @@ func openBackend(ctx context.Context, cfg *config) (*drivers.Backend, error) {
 	case strings.HasPrefix(ep, "sqlite://"), strings.HasPrefix(ep, "file:"):
 		return sqlite.Open(ep)
 	case strings.HasPrefix(ep, "postgres://"), strings.HasPrefix(ep, "postgresql://"):
+		postgres.FullVacuum = cfg.pgVacuumFull
 		return postgres.Open(ctx, ep, opts)
 	case strings.HasPrefix(ep, "mysql://"):
 		return mysql.Open(ctx, ep, opts)
@@ -187,6 +208,8 @@ func run(ctx context.Context, cfg *config) error {
 
 	srv := server.New(log, server.Config{
 		Name:                   cfg.name,
+		ClientURLs:             clientURLs(cfg.listenClientURLs),
+		QuotaBackendBytes:      cfg.quotaBackendBytes,
 		MaxTxnOps:              cfg.maxTxnOps,
 		MaxRequestBytes:        cfg.maxRequestBytes,
 		ProgressNotifyInterval: cfg.progressInterval,

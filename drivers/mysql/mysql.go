@@ -111,6 +111,7 @@ func (dialect) Schema() []string {
 		`CREATE TABLE IF NOT EXISTS shimd_log (
 			id BIGINT PRIMARY KEY,
 			rev BIGINT NOT NULL,
+			sub BIGINT NOT NULL,
 			kv_key LONGBLOB NOT NULL,
 			value LONGBLOB NOT NULL,
 			create_rev BIGINT NOT NULL,
@@ -124,6 +125,17 @@ func (dialect) Schema() []string {
 			ttl BIGINT NOT NULL,
 			expires_at BIGINT NOT NULL
 		) ENGINE=InnoDB`,
+		`CREATE TABLE IF NOT EXISTS shimd_alarm (
+			member_id BIGINT NOT NULL,
+			alarm INT NOT NULL,
+			PRIMARY KEY (member_id, alarm)
+		) ENGINE=InnoDB`,
+		`CREATE TABLE IF NOT EXISTS shimd_member (
+			id BIGINT PRIMARY KEY,
+			name TEXT NOT NULL,
+			client_urls TEXT NOT NULL,
+			heartbeat_at BIGINT NOT NULL
+		) ENGINE=InnoDB`,
 	}
 }
 
@@ -133,8 +145,43 @@ func (dialect) ForUpdate() string { return " FOR UPDATE" }
 
 func (dialect) Notify() string { return "" }
 
+const tableList = `'shimd_meta', 'shimd_log', 'shimd_lease', 'shimd_alarm', 'shimd_member'`
+
+// Size is what InnoDB holds for the tables: data, indexes and the free space
+// inside them; data_free is the part OPTIMIZE TABLE would give back. InnoDB's
+// figures are statistics, refreshed by ANALYZE TABLE and OPTIMIZE TABLE.
+func (dialect) Size(ctx context.Context, db *sql.DB) (int64, int64, error) {
+	var size, free int64
+	q := `SELECT COALESCE(SUM(data_length + index_length + data_free), 0), COALESCE(SUM(data_free), 0)
+		FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name IN (` + tableList + `)`
+	if err := db.QueryRowContext(ctx, q).Scan(&size, &free); err != nil {
+		return 0, 0, fmt.Errorf("mysql: size: %w", err)
+	}
+	return size, -1, nil
+}
+
+// Defragment runs OPTIMIZE TABLE, which InnoDB performs as an online
+// rebuild: reads and writes go on while it copies.
+func (dialect) Defragment(ctx context.Context, db *sql.DB) error {
+	rows, err := db.QueryContext(ctx, `OPTIMIZE TABLE shimd_log, shimd_lease, shimd_alarm, shimd_member`)
+	if err != nil {
+		return fmt.Errorf("mysql: optimize: %w", err)
+	}
+	for rows.Next() {
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("mysql: optimize: %w", err)
+	}
+	return nil
+}
+
 // Read committed: the writer locks the meta row, then must see every row
 // committed before it got the lock.
+func (dialect) BeginSnapshot(ctx context.Context, db *sql.DB) (*sql.Tx, error) {
+	return db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+}
+
 func (dialect) BeginWrite(ctx context.Context, db *sql.DB) (*sql.Tx, error) {
 	return db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
 }

@@ -119,6 +119,7 @@ func (dialect) Schema() []string {
 		`CREATE TABLE IF NOT EXISTS shimd_log (
 			id BIGINT PRIMARY KEY,
 			rev BIGINT NOT NULL,
+			sub BIGINT NOT NULL,
 			kv_key BYTEA NOT NULL,
 			value BYTEA NOT NULL,
 			create_rev BIGINT NOT NULL,
@@ -131,6 +132,17 @@ func (dialect) Schema() []string {
 			id BIGINT PRIMARY KEY,
 			ttl BIGINT NOT NULL,
 			expires_at BIGINT NOT NULL
+		)`,
+		`CREATE TABLE IF NOT EXISTS shimd_alarm (
+			member_id BIGINT NOT NULL,
+			alarm INTEGER NOT NULL,
+			PRIMARY KEY (member_id, alarm)
+		)`,
+		`CREATE TABLE IF NOT EXISTS shimd_member (
+			id BIGINT PRIMARY KEY,
+			name TEXT NOT NULL,
+			client_urls TEXT NOT NULL,
+			heartbeat_at BIGINT NOT NULL
 		)`,
 	}
 }
@@ -157,7 +169,47 @@ func (dialect) Rebind(q string) string {
 
 func (dialect) ForUpdate() string { return " FOR UPDATE" }
 
+// tables are shimd's tables, for sizing and vacuuming.
+var tables = []string{"shimd_meta", "shimd_log", "shimd_lease", "shimd_alarm", "shimd_member"}
+
+// Size is the tables' total relation size (heap, indexes, TOAST). PostgreSQL
+// cannot say cheaply how much of it is live, so the log estimates that.
+func (dialect) Size(ctx context.Context, db *sql.DB) (int64, int64, error) {
+	var size int64
+	q := `SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c
+		WHERE c.relname = ANY($1) AND c.relkind = 'r' AND c.relnamespace = to_regnamespace(current_schema())`
+	if err := db.QueryRowContext(ctx, q, tables).Scan(&size); err != nil {
+		return 0, 0, fmt.Errorf("postgres: size: %w", err)
+	}
+	return size, -1, nil
+}
+
+// FullVacuum makes Defragment run VACUUM FULL. Plain VACUUM (the default)
+// takes no lock that stops readers or writers, so it is safe while other
+// shimd processes and other applications use the database, but it only
+// makes the space reusable and returns just empty pages at the end of each
+// table to the filesystem. VACUUM FULL rewrites the tables and returns all
+// of it, as etcd's defrag does, but holds an exclusive lock on shimd's tables
+// for its whole run, stopping every shimd process on the database. Turn it
+// on (shimd --postgres-vacuum-full) for a maintenance window.
+var FullVacuum = false
+
+func (dialect) Defragment(ctx context.Context, db *sql.DB) error {
+	stmt := "VACUUM (ANALYZE) "
+	if FullVacuum {
+		stmt = "VACUUM (FULL, ANALYZE) "
+	}
+	if _, err := db.ExecContext(ctx, stmt+strings.Join(tables, ", ")); err != nil {
+		return fmt.Errorf("postgres: vacuum: %w", err)
+	}
+	return nil
+}
+
 func (dialect) Notify() string { return `SELECT pg_notify('` + channel + `', '')` }
+
+func (dialect) BeginSnapshot(ctx context.Context, db *sql.DB) (*sql.Tx, error) {
+	return db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+}
 
 func (dialect) BeginWrite(ctx context.Context, db *sql.DB) (*sql.Tx, error) {
 	return db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})

@@ -1,0 +1,29 @@
+package sqllog
+
+import "context"
+
+// rowOverhead estimates what a log row costs beyond its key and value:
+// the other columns, row header and index entries.
+const rowOverhead = 64
+
+// Size returns the bytes the database holds for shimd (etcd's dbSize) and
+// how many of them are live (dbSizeInUse). Where the database cannot tell
+// the live part cheaply, it is estimated from the retained rows.
+func (l *Log) Size(ctx context.Context) (size, inUse int64, err error) {
+	size, inUse, err = l.be.Dialect.Size(ctx, l.be.Read)
+	if err != nil {
+		return 0, 0, err
+	}
+	if inUse < 0 {
+		l.mu.RLock()
+		inUse = l.liveBytes + l.liveRows*rowOverhead
+		l.mu.RUnlock()
+	}
+	return size, min(size, inUse), nil
+}
+
+// Defragment gives the space of deleted rows back to the filesystem, the
+// way the database does that (see each driver).
+func (l *Log) Defragment(ctx context.Context) error {
+	return l.be.Dialect.Defragment(ctx, l.be.Write)
+}
