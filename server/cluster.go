@@ -68,6 +68,20 @@ func (s *Server) members(ctx context.Context) ([]*pb.Member, error) {
 	return out, nil
 }
 
+// CompactionLeader reports whether this member should run automatic
+// compaction: on a shared database only the live member with the lowest id
+// does, so that compactions do not race.
+func (s *Server) CompactionLeader() bool {
+	if !s.log.Shared() {
+		return true
+	}
+	ms, err := s.members(context.Background())
+	if err != nil || len(ms) == 0 {
+		return false
+	}
+	return ms[0].ID == s.memberID
+}
+
 func (c *clusterServer) MemberList(ctx context.Context, r *pb.MemberListRequest) (*pb.MemberListResponse, error) {
 	ms, err := c.s.members(ctx)
 	if err != nil {

@@ -41,19 +41,24 @@ func (l *Log) Compact(ctx context.Context, rev int64) (<-chan struct{}, error) {
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("record compaction: %w", err)
 	}
-	return l.compactIndex(rev), nil
+	return l.compactIndex(rev, true), nil
 }
 
-// compactIndex compacts the index at rev and queues its garbage rows for
-// deletion. A crash before they are deleted is harmless: the next start
-// finds the same garbage when it compacts the loaded index.
-func (l *Log) compactIndex(rev int64) <-chan struct{} {
+// compactIndex compacts the index at rev and, if deleteRows, queues its
+// garbage rows for deletion. Only the process that compacts (or one that
+// starts and finds a compaction unfinished) deletes rows; the others sharing
+// the database only drop them from their index. A crash before the rows are
+// gone is harmless: the next start finds the same garbage.
+func (l *Log) compactIndex(rev int64, deleteRows bool) <-chan struct{} {
 	l.mu.Lock()
 	garbage, freed := l.idx.compact(rev)
 	l.compactRev = rev
 	l.liveBytes -= freed
 	l.liveRows -= int64(len(garbage))
 	l.mu.Unlock()
+	if !deleteRows {
+		garbage = nil
+	}
 	return l.compactor.enqueue(garbage)
 }
 

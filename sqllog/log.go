@@ -285,7 +285,8 @@ func (l *Log) catchUp(ctx context.Context, q queryer, m meta) error {
 		l.mu.Unlock()
 	}
 	if m.compactRev > l.CompactRev() {
-		l.compactIndex(m.compactRev)
+		// Loading at start: finish a compaction a crash interrupted.
+		l.compactIndex(m.compactRev, l.hub.l == nil)
 	}
 	if m.leaseGen != l.leaseGen {
 		// Another process granted or revoked leases.

@@ -19,6 +19,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/shimd/shimd/compact"
 	"github.com/shimd/shimd/drivers"
 	"github.com/shimd/shimd/drivers/mysql"
 	"github.com/shimd/shimd/drivers/postgres"
@@ -42,6 +43,8 @@ type config struct {
 	dbConnectTimeout  time.Duration
 	dbPollInterval    time.Duration
 	pgVacuumFull      bool
+	compactionMode    string
+	compactionRetain  string
 }
 
 func main() {
@@ -84,6 +87,8 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.IntVar(&cfg.maxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes, "Maximum client request size in bytes the server will accept.")
 	fs.IntVar(&cfg.maxTxnOps, "max-txn-ops", server.DefaultMaxTxnOps, "Maximum number of operations permitted in a transaction.")
 	fs.DurationVar(&cfg.progressInterval, "watch-progress-notify-interval", server.DefaultProgressNotifyInterval, "Duration of periodic watch progress notifications.")
+	fs.StringVar(&cfg.compactionMode, "auto-compaction-mode", compact.ModePeriodic, "Interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for duration based retention, defaulting to hours if no time unit is provided (e.g. '5m'). 'revision' for revision number based retention.")
+	fs.StringVar(&cfg.compactionRetain, "auto-compaction-retention", "0", "Auto compaction retention for mvcc key value store. 0 means disable auto compaction.")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "Configures log level. Only supports debug, info, warn, error.")
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: shimd [flags]\n\nshimd serves the etcd v3 API from a SQL database.\n\nFlags:\n")
@@ -108,6 +113,9 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 		return nil, fmt.Errorf("--quota-backend-bytes must not be negative, got %d", cfg.quotaBackendBytes)
 	}
 	if _, err := parseLevel(cfg.logLevel); err != nil {
+		return nil, err
+	}
+	if _, _, err := compact.ParseRetention(cfg.compactionMode, cfg.compactionRetain); err != nil {
 		return nil, err
 	}
 	if _, err := parseListenURLs(cfg.listenClientURLs); err != nil {
@@ -216,6 +224,13 @@ func run(ctx context.Context, cfg *config) error {
 		Logger:                 lg,
 	})
 	defer srv.Close()
+	retention, revisions, _ := compact.ParseRetention(cfg.compactionMode, cfg.compactionRetain)
+	compactCtx, stopCompact := context.WithCancel(ctx)
+	defer stopCompact()
+	go compact.Run(compactCtx, log, compact.Config{
+		Mode: cfg.compactionMode, Retention: retention, Revisions: revisions,
+		Active: srv.CompactionLeader, Logger: lg,
+	})
 	g := grpc.NewServer(srv.GRPCOptions()...)
 	srv.Register(g)
 
