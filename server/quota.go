@@ -34,12 +34,14 @@ type quota struct {
 
 // refreshSize measures the database now.
 func (s *Server) refreshSize(ctx context.Context) {
-	size, _, err := s.log.Size(ctx)
+	size, inUse, err := s.log.Size(ctx)
 	if err != nil {
 		s.lg.Warn("measuring the database size failed", "err", err)
 		return
 	}
 	s.quota.size.Store(size)
+	dbSizeGauge.Set(float64(size))
+	dbSizeInUseGauge.Set(float64(inUse))
 }
 
 func (s *Server) measureSize(ctx context.Context) {

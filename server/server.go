@@ -13,6 +13,8 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/shimd/shimd/sqllog"
 )
@@ -39,7 +41,9 @@ type Config struct {
 	// ProgressNotifyInterval is how often idle progress_notify watchers are
 	// told the current revision.
 	ProgressNotifyInterval time.Duration
-	Logger                 *slog.Logger
+	// WarningApplyDuration: slower requests are logged.
+	WarningApplyDuration time.Duration
+	Logger               *slog.Logger
 }
 
 // Server is one shimd member: the gRPC services over one log.
@@ -49,6 +53,7 @@ type Server struct {
 	lg       *slog.Logger
 	memberID uint64
 	quota    quota
+	health   *health.Server
 	stop     context.CancelFunc
 	wg       sync.WaitGroup
 }
@@ -65,6 +70,9 @@ func New(log *sqllog.Log, cfg Config) *Server {
 		cfg.ProgressNotifyInterval = DefaultProgressNotifyInterval
 	}
 	cfg.ProgressNotifyInterval = max(cfg.ProgressNotifyInterval, minProgressNotifyInterval)
+	if cfg.WarningApplyDuration <= 0 {
+		cfg.WarningApplyDuration = DefaultWarningApplyDuration
+	}
 	if cfg.Name == "" {
 		cfg.Name = "default"
 	}
@@ -89,8 +97,11 @@ func New(log *sqllog.Log, cfg Config) *Server {
 	if s.quota.bytes <= 0 {
 		s.quota.bytes = DefaultQuotaBytes
 	}
+	quotaGauge.Set(float64(s.quota.bytes))
+	s.health = health.NewServer()
 	s.refreshSize(ctx)
-	for _, loop := range []func(context.Context){s.expireLeases, s.measureSize, s.heartbeat} {
+	hl := func(ctx context.Context) { s.healthLoop(ctx, s.health) }
+	for _, loop := range []func(context.Context){s.expireLeases, s.measureSize, s.heartbeat, hl} {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -114,6 +125,8 @@ func (s *Server) GRPCOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes + grpcOverheadBytes),
 		grpc.MaxSendMsgSize(1<<31 - 1),
+		grpc.ChainUnaryInterceptor(grpcMetrics.UnaryServerInterceptor(), s.slowLog),
+		grpc.ChainStreamInterceptor(grpcMetrics.StreamServerInterceptor()),
 	}
 }
 
@@ -124,6 +137,8 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterWatchServer(g, &watchServer{s: s})
 	pb.RegisterMaintenanceServer(g, &maintenanceServer{s: s})
 	pb.RegisterClusterServer(g, &clusterServer{s: s})
+	healthpb.RegisterHealthServer(g, s.health)
+	grpcMetrics.InitializeMetrics(g)
 }
 
 // header returns a response header at rev with this member's identity.

@@ -56,6 +56,7 @@ func (l *Log) compactIndex(rev int64, deleteRows bool) <-chan struct{} {
 	l.liveBytes -= freed
 	l.liveRows -= int64(len(garbage))
 	l.mu.Unlock()
+	compactRevGauge.Set(float64(rev))
 	if !deleteRows {
 		garbage = nil
 	}
@@ -151,6 +152,7 @@ func (c *compactor) delete(ids []int64) error {
 		args[i] = id
 	}
 	query := c.l.q(`DELETE FROM shimd_log WHERE id IN (?` + strings.Repeat(",?", len(ids)-1) + `)`)
+	defer observe("compact_delete", time.Now())
 	_, err := c.l.be.Write.ExecContext(context.Background(), query, args...)
 	return err
 }

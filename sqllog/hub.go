@@ -76,6 +76,7 @@ func (h *hub) kick() {
 func (h *hub) add(w *watcher) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	watcherGauge.Inc()
 	if w.startRev == 0 || w.startRev > h.rev {
 		w.minRev = max(h.rev+1, w.startRev)
 		h.synced.add(w)
@@ -88,6 +89,7 @@ func (h *hub) add(w *watcher) {
 func (h *hub) remove(w *watcher) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	watcherGauge.Dec()
 	if !h.synced.delete(w) {
 		delete(h.unsynced, w)
 	}
@@ -151,7 +153,9 @@ func (h *hub) run() {
 		case <-h.wake:
 		case <-retry.C:
 		}
-		if left := h.syncWatchers(); left > 0 {
+		left := h.syncWatchers()
+		slowWatcherGauge.Set(float64(left))
+		if left > 0 {
 			retry.Reset(syncRetry)
 		}
 	}

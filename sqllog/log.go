@@ -89,6 +89,8 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 	if err := l.initSchema(ctx); err != nil {
 		return nil, err
 	}
+	registerPool(be.Read, "shimd_read")
+	registerPool(be.Write, "shimd_write")
 	m, err := l.readMeta(ctx, be.Read)
 	if err != nil {
 		return nil, err
@@ -283,6 +285,7 @@ func (l *Log) catchUp(ctx context.Context, q queryer, m meta) error {
 		l.rev = m.rev
 		l.lastID = m.lastID
 		l.mu.Unlock()
+		currentRevGauge.Set(float64(m.rev))
 	}
 	if m.compactRev > l.CompactRev() {
 		// Loading at start: finish a compaction a crash interrupted.

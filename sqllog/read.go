@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
@@ -42,6 +43,7 @@ type ReadView interface {
 type readView struct {
 	l   *Log
 	rev int64
+	ops int
 }
 
 // View returns a read view at the latest revision. On a shared database it
@@ -59,21 +61,30 @@ func (l *Log) View(ctx context.Context) (ReadView, error) {
 func (v *readView) Rev() int64      { return v.rev }
 func (v *readView) FirstRev() int64 { return v.l.CompactRev() }
 func (v *readView) Range(ctx context.Context, key, end []byte, ro RangeOptions) (*RangeResult, error) {
+	rangeCounter.Inc()
+	if v.ops++; v.ops == 2 {
+		txnCounter.Inc()
+	}
 	return v.l.rangeKeys(ctx, key, end, v.rev, ro, nil)
 }
 
 // sync catches the index up with the database's committed revision.
 func (l *Log) sync(ctx context.Context) error {
+	start := time.Now()
 	m, err := l.readMeta(ctx, l.be.Read)
+	observe("read_meta", start)
 	if err != nil {
 		return err
 	}
 	l.mu.RLock()
 	current := m.rev <= l.rev && m.compactRev <= l.compactRev && m.leaseGen == l.leaseGen
+	followerLag.Set(float64(max(0, m.rev-l.rev)))
 	l.mu.RUnlock()
 	if current {
+		polls.WithLabelValues("idle").Inc()
 		return nil
 	}
+	polls.WithLabelValues("changed").Inc()
 	l.applyMu.Lock()
 	defer l.applyMu.Unlock()
 	m, err = l.readMeta(ctx, l.be.Read)
@@ -173,6 +184,7 @@ func (l *Log) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyValue,
 			args[i] = id
 		}
 		query := l.q(`SELECT id, value FROM shimd_log WHERE id IN (?` + strings.Repeat(",?", len(chunk)-1) + `)`)
+		start := time.Now()
 		rows, err := l.be.Read.QueryContext(ctx, query, args...)
 		if err != nil {
 			return fmt.Errorf("read values: %w", err)
@@ -190,6 +202,7 @@ func (l *Log) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyValue,
 			}
 		}
 		rows.Close()
+		observe("read_values", start)
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("read values: %w", err)
 		}
@@ -210,4 +223,10 @@ func (l *Log) KVAt(ctx context.Context, key []byte, rev int64) (*mvccpb.KeyValue
 		return nil, err
 	}
 	return rr.KVs[0], nil
+}
+
+// Ping checks that the database answers.
+func (l *Log) Ping(ctx context.Context) error {
+	_, err := l.readMeta(ctx, l.be.Read)
+	return err
 }

@@ -249,3 +249,28 @@ func (r *recordReader) bytes() []byte {
 	r.b = r.b[n:]
 	return out
 }
+
+// StartAt moves an empty log's revision to rev, so that what is written
+// next gets revisions above those a migrated-from store handed out:
+// clients that remember revisions (a kube-apiserver's resourceVersions)
+// never see them go backwards.
+func StartAt(ctx context.Context, l *Log, rev int64) error {
+	l.applyMu.Lock()
+	defer l.applyMu.Unlock()
+	if l.Rev() != 1 || l.lastID != 0 {
+		return ErrNotEmpty
+	}
+	if rev <= 1 {
+		return nil
+	}
+	if _, err := l.be.Write.ExecContext(ctx, l.q(`UPDATE shimd_meta SET rev = ? WHERE id = 1`), rev); err != nil {
+		return fmt.Errorf("set revision: %w", err)
+	}
+	l.mu.Lock()
+	l.rev = rev
+	l.mu.Unlock()
+	l.hub.mu.Lock()
+	l.hub.rev = rev
+	l.hub.mu.Unlock()
+	return nil
+}

@@ -84,6 +84,7 @@ func (w *watcher) send(wr WatchResponse) bool {
 	}
 	select {
 	case w.ch <- wr:
+		eventsCounter.Add(float64(len(wr.Events)))
 		return true
 	default:
 		return false
@@ -183,6 +184,7 @@ type WatchStream struct {
 
 // NewWatchStream opens a stream of watchers on the log.
 func (l *Log) NewWatchStream() *WatchStream {
+	watchStreamGauge.Inc()
 	return &WatchStream{h: &l.hub, ch: make(chan WatchResponse, streamBuffer), watchers: make(map[int64]*watcher)}
 }
 
@@ -271,4 +273,5 @@ func (ws *WatchStream) Close() {
 	}
 	ws.closed = true
 	close(ws.ch)
+	watchStreamGauge.Dec()
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // TxnWrite is one write request's view of the log inside a write batch. It
@@ -17,6 +18,7 @@ type TxnWrite struct {
 	beginRev int64
 	mark     int // first of this request's changes in b.changes
 	opsMark  int // first of this request's lease ops in b.leaseOps
+	ops      int // ranges, puts and deletes, for etcd's txn metric
 }
 
 // batch is a group of write requests committed in one database transaction;
@@ -59,11 +61,15 @@ func (tw *TxnWrite) curRev() int64 {
 
 // Range reads as etcd's write transaction does, including staged changes.
 func (tw *TxnWrite) Range(ctx context.Context, key, end []byte, ro RangeOptions) (*RangeResult, error) {
+	tw.ops++
+	rangeCounter.Inc()
 	return tw.l.rangeKeys(ctx, key, end, tw.curRev(), ro, tw.b.values)
 }
 
 // Put stages key=value with lease and returns the request's revision.
 func (tw *TxnWrite) Put(key, value []byte, lease int64) int64 {
+	tw.ops++
+	putCounter.Inc()
 	rev := tw.beginRev + 1
 	e := entry{rev: rev, create: rev, version: 1, lease: lease}
 	if ki := tw.l.idx.get(key); ki != nil {
@@ -85,6 +91,8 @@ func (tw *TxnWrite) Put(key, value []byte, lease int64) int64 {
 // DeleteRange stages tombstones for the live keys in [key, end) and returns
 // how many, with the revision the response reports.
 func (tw *TxnWrite) DeleteRange(key, end []byte) (n, rev int64) {
+	tw.ops++
+	deleteCounter.Inc()
 	var keys [][]byte
 	readRev := tw.curRev()
 	tw.l.mu.RLock()
@@ -212,6 +220,7 @@ func (l *Log) commit(reqs []*writeReq) {
 		}
 	}
 	ctx := context.Background()
+	batchSize.Observe(float64(len(reqs)))
 	tx, err := l.be.Dialect.BeginWrite(ctx, l.be.Write)
 	if err != nil {
 		fail(fmt.Errorf("begin write: %w", err))
@@ -239,7 +248,11 @@ func (l *Log) commit(reqs []*writeReq) {
 			continue
 		}
 		tw := &TxnWrite{l: l, b: b, beginRev: b.rev, mark: len(b.changes), opsMark: len(b.leaseOps)}
-		if err := r.fn(tw); err != nil {
+		err := r.fn(tw)
+		if tw.ops > 1 {
+			txnCounter.Inc()
+		}
+		if err != nil {
 			b.unstage(l, tw.mark)
 			b.leaseOps = b.leaseOps[:tw.opsMark]
 			r.err = err
@@ -267,7 +280,10 @@ func (l *Log) commit(reqs []*writeReq) {
 		fail(err)
 		return
 	}
-	if err := tx.Commit(); err != nil {
+	start := time.Now()
+	err = tx.Commit()
+	commitSec.Observe(time.Since(start).Seconds())
+	if err != nil {
 		b.unstage(l, 0)
 		fail(fmt.Errorf("commit: %w", err))
 		return
@@ -284,6 +300,7 @@ func (l *Log) commit(reqs []*writeReq) {
 	l.liveRows += int64(len(b.changes))
 	l.leaseGen = b.leaseGen
 	l.rev = b.rev
+	currentRevGauge.Set(float64(b.rev))
 	l.lastID = b.lastID
 	l.mu.Unlock()
 	l.notify(b.rev)
@@ -298,6 +315,7 @@ const (
 
 // insert appends the batch's rows and moves the meta row on.
 func (l *Log) insert(ctx context.Context, tx *sql.Tx, b *batch) error {
+	defer observe("insert", time.Now())
 	for rest := b.changes; len(rest) > 0; {
 		n, size := 1, len(rest[0].Key)+len(rest[0].Value)
 		for n < len(rest) && n < insertRows && size+len(rest[n].Key)+len(rest[n].Value) <= insertBytes {

@@ -15,7 +15,8 @@ import (
 // snapshotCommand is `shimd snapshot restore FILE`: it loads a snapshot
 // (taken with `etcdctl snapshot save` from any shimd) into a fresh database
 // named by --endpoint, or SQLite in --data-dir.
-func snapshotCommand(args []string, out io.Writer) error {
+func snapshotCommand(args []string) error {
+	out := os.Stderr
 	if len(args) < 2 || args[0] != "restore" {
 		return errors.New("usage: shimd snapshot restore FILE [--data-dir DIR | --endpoint DSN]")
 	}

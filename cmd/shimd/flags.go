@@ -1,0 +1,264 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/shimd/shimd/compact"
+	"github.com/shimd/shimd/server"
+	"github.com/shimd/shimd/sqllog"
+)
+
+// config is every flag; the names are etcd's where etcd has the flag.
+type config struct {
+	name              string
+	dataDir           string
+	listenClientURLs  string
+	listenMetricsURLs string
+	endpoint          string
+	quotaBackendBytes int64
+	maxRequestBytes   int
+	maxTxnOps         int
+	logLevel          string
+	logFormat         string
+	warningApply      time.Duration
+	progressInterval  time.Duration
+	dbMaxConns        int
+	dbConnectTimeout  time.Duration
+	dbPollInterval    time.Duration
+	pgVacuumFull      bool
+	compactionMode    string
+	compactionRetain  string
+	certFile          string
+	keyFile           string
+	trustedCAFile     string
+	clientCertAuth    bool
+	configFile        string
+}
+
+const usageHeader = `Usage:
+
+  shimd [flags]
+    Serve the etcd v3 API from a SQL database.
+  shimd snapshot restore FILE [--data-dir DIR | --endpoint DSN]
+    Load a snapshot taken with 'etcdctl snapshot save' into a fresh database.
+  shimd migrate --from URL [--data-dir DIR | --endpoint DSN]
+    Copy every key and lease from a running etcd (or kine) into a fresh database.
+  shimd healthcheck [--url URL]
+    Exit 0 if the shimd at URL reports itself healthy (for container health checks).
+
+Every flag may also be given as an environment variable, SHIMD_ and the flag
+name in upper case with dashes as underscores (SHIMD_DATA_DIR=...), or in the
+YAML file named by --config-file, keyed by flag name. A flag on the command
+line wins over the environment, which wins over the config file.
+
+Flags:
+`
+
+func newFlagSet(cfg *config, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("shimd", flag.ContinueOnError)
+	fs.SetOutput(out)
+	// Member
+	fs.StringVar(&cfg.name, "name", "default", "Human-readable name for this member.")
+	fs.StringVar(&cfg.dataDir, "data-dir", "", "Path to the data directory (default \"${name}.shimd\"); holds the SQLite database unless --endpoint names another.")
+	fs.StringVar(&cfg.listenClientURLs, "listen-client-urls", "http://127.0.0.1:2379", "List of URLs to listen on for client traffic (gRPC, and HTTP /health, /livez, /readyz, /metrics, /version).")
+	fs.StringVar(&cfg.listenMetricsURLs, "listen-metrics-urls", "", "List of additional URLs to listen on that respond to the metrics and health endpoints.")
+	fs.StringVar(&cfg.configFile, "config-file", "", "Path to a YAML file of flag values, keyed by flag name.")
+	// Storage
+	fs.StringVar(&cfg.endpoint, "endpoint", "", "Database to store data in: empty for SQLite in the data dir, sqlite://PATH, postgres://USER@HOST:PORT/DB?sslmode=..., or mysql://USER:PASS@tcp(HOST:PORT)/DB.")
+	fs.IntVar(&cfg.dbMaxConns, "db-max-conns", 16, "Most connections in the database read pool (PostgreSQL, MySQL).")
+	fs.DurationVar(&cfg.dbConnectTimeout, "db-connect-timeout", 5*time.Second, "Time allowed to open one database connection.")
+	fs.DurationVar(&cfg.dbPollInterval, "db-poll-interval", sqllog.DefaultPollInterval, "How often a shared database (PostgreSQL, MySQL) is polled for other shimd processes' writes.")
+	fs.BoolVar(&cfg.pgVacuumFull, "postgres-vacuum-full", false, "Make defragment run VACUUM FULL on PostgreSQL: returns all free space to the filesystem, but locks shimd's tables while it runs.")
+	fs.Int64Var(&cfg.quotaBackendBytes, "quota-backend-bytes", 0, "Raise alarms when backend size exceeds the given quota (0 defaults to low space quota).")
+	fs.StringVar(&cfg.compactionMode, "auto-compaction-mode", compact.ModePeriodic, "Interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for duration based retention, defaulting to hours if no time unit is provided (e.g. '5m'). 'revision' for revision number based retention.")
+	fs.StringVar(&cfg.compactionRetain, "auto-compaction-retention", "0", "Auto compaction retention for mvcc key value store. 0 means disable auto compaction.")
+	// Requests
+	fs.IntVar(&cfg.maxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes, "Maximum client request size in bytes the server will accept.")
+	fs.IntVar(&cfg.maxTxnOps, "max-txn-ops", server.DefaultMaxTxnOps, "Maximum number of operations permitted in a transaction.")
+	fs.DurationVar(&cfg.progressInterval, "watch-progress-notify-interval", server.DefaultProgressNotifyInterval, "Duration of periodic watch progress notifications.")
+	fs.DurationVar(&cfg.warningApply, "warning-apply-duration", server.DefaultWarningApplyDuration, "Time duration after which a warning is generated if request takes more time.")
+	// Security
+	fs.StringVar(&cfg.certFile, "cert-file", "", "Path to the client server TLS cert file.")
+	fs.StringVar(&cfg.keyFile, "key-file", "", "Path to the client server TLS key file.")
+	fs.StringVar(&cfg.trustedCAFile, "trusted-ca-file", "", "Path to the client server TLS trusted CA cert file.")
+	fs.BoolVar(&cfg.clientCertAuth, "client-cert-auth", false, "Enable client cert authentication.")
+	// Logging
+	fs.StringVar(&cfg.logLevel, "log-level", "info", "Configures log level. Only supports debug, info, warn, error.")
+	fs.StringVar(&cfg.logFormat, "log-format", "text", "Configures log format. Only supports text, json.")
+	fs.Usage = func() {
+		fmt.Fprint(out, usageHeader)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags reads the command line, then fills the flags it left unset from
+// the environment and then from the config file.
+func parseFlags(args []string, out io.Writer, getenv func(string) string) (*config, error) {
+	cfg := &config{}
+	fs := newFlagSet(cfg, out)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (flags take the form --name=value)", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := "SHIMD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v := getenv(env); v != "" && !set[f.Name] && err == nil {
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = fmt.Errorf("%s=%q: %v", env, v, serr)
+			}
+			set[f.Name] = true
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.configFile != "" {
+		if err := applyConfigFile(fs, cfg.configFile, set); err != nil {
+			return nil, err
+		}
+	}
+	return cfg, validate(cfg)
+}
+
+// applyConfigFile sets the flags not already set from a YAML map of flag
+// names to values (lists are joined with commas, as flags take them).
+func applyConfigFile(fs *flag.FlagSet, path string, set map[string]bool) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--config-file: %w", err)
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal(data, &m); err != nil {
+		return fmt.Errorf("--config-file %s: %w", path, err)
+	}
+	for k, v := range m {
+		if fs.Lookup(k) == nil {
+			return fmt.Errorf("--config-file %s: unknown setting %q", path, k)
+		}
+		if set[k] {
+			continue
+		}
+		var s string
+		switch v := v.(type) {
+		case []any:
+			parts := make([]string, len(v))
+			for i, p := range v {
+				parts[i] = fmt.Sprint(p)
+			}
+			s = strings.Join(parts, ",")
+		case float64:
+			s = fmt.Sprint(int64(v))
+			if float64(int64(v)) != v {
+				s = fmt.Sprint(v)
+			}
+		default:
+			s = fmt.Sprint(v)
+		}
+		if err := fs.Set(k, s); err != nil {
+			return fmt.Errorf("--config-file %s: %s: %v", path, k, err)
+		}
+	}
+	return nil
+}
+
+func validate(cfg *config) error {
+	if cfg.dataDir == "" {
+		cfg.dataDir = cfg.name + ".shimd"
+	}
+	switch {
+	case cfg.maxRequestBytes <= 0:
+		return fmt.Errorf("--max-request-bytes must be positive, got %d", cfg.maxRequestBytes)
+	case cfg.maxTxnOps <= 0:
+		return fmt.Errorf("--max-txn-ops must be positive, got %d", cfg.maxTxnOps)
+	case cfg.quotaBackendBytes < 0:
+		return fmt.Errorf("--quota-backend-bytes must not be negative, got %d", cfg.quotaBackendBytes)
+	case cfg.logFormat != "text" && cfg.logFormat != "json":
+		return fmt.Errorf("--log-format %q is not one of text, json", cfg.logFormat)
+	case (cfg.certFile == "") != (cfg.keyFile == ""):
+		return fmt.Errorf("--cert-file and --key-file go together")
+	case cfg.clientCertAuth && cfg.trustedCAFile == "":
+		return fmt.Errorf("--client-cert-auth needs --trusted-ca-file")
+	}
+	if _, err := parseLevel(cfg.logLevel); err != nil {
+		return err
+	}
+	if _, _, err := compact.ParseRetention(cfg.compactionMode, cfg.compactionRetain); err != nil {
+		return err
+	}
+	for _, list := range []string{cfg.listenClientURLs, cfg.listenMetricsURLs} {
+		urls, err := parseURLs(list)
+		if err != nil {
+			return err
+		}
+		for _, u := range urls {
+			if u.Scheme == "https" && cfg.certFile == "" {
+				return fmt.Errorf("%s needs --cert-file and --key-file", u)
+			}
+		}
+	}
+	if list, _ := parseURLs(cfg.listenClientURLs); len(list) == 0 {
+		return fmt.Errorf("--listen-client-urls is empty")
+	}
+	return nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info":
+		return slog.LevelInfo, nil
+	case "warn":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("--log-level %q is not one of debug, info, warn, error", s)
+}
+
+// parseURLs reads a comma-separated list of http:// and https:// URLs.
+func parseURLs(list string) ([]*url.URL, error) {
+	var out []*url.URL
+	for _, raw := range strings.Split(list, ",") {
+		raw = strings.TrimSpace(raw)
+		if raw == "" {
+			continue
+		}
+		u, err := url.Parse(raw)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a URL: %v", raw, err)
+		}
+		if u.Scheme != "http" && u.Scheme != "https" {
+			return nil, fmt.Errorf("%q: scheme must be http or https", raw)
+		}
+		if u.Port() == "" {
+			return nil, fmt.Errorf("%q has no port", raw)
+		}
+		out = append(out, u)
+	}
+	return out, nil
+}
+
+func newLogger(cfg *config, out io.Writer) *slog.Logger {
+	level, _ := parseLevel(cfg.logLevel)
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(out, opts))
+	}
+	return slog.New(slog.NewTextHandler(out, opts))
+}

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/shimd/shimd/sqllog"
+)
+
+// migratePage is how many keys are read, and written as one revision, at a time.
+const migratePage = 500
+
+// migrateCommand is `shimd migrate --from URL`: it copies the latest value
+// of every key, and every lease with its remaining TTL, from a running etcd
+// v3 endpoint (etcd itself, kine, another shimd) into an empty database.
+// The copy reads one consistent revision of the source and starts the new
+// log above that revision, so clients' remembered revisions stay valid.
+func migrateCommand(args []string) error {
+	fs := flag.NewFlagSet("shimd migrate", flag.ContinueOnError)
+	cfg := &config{name: "default"}
+	from := fs.String("from", "", "Client URL of the etcd v3 endpoint to copy from (http:// or https://).")
+	caFile := fs.String("from-cacert", "", "CA certificate to verify the source with.")
+	certFile := fs.String("from-cert", "", "Client certificate for the source.")
+	keyFile := fs.String("from-key", "", "Client key for the source.")
+	fs.StringVar(&cfg.dataDir, "data-dir", "default.shimd", "Data directory to copy into (SQLite).")
+	fs.StringVar(&cfg.endpoint, "endpoint", "", "Database to copy into; it must be empty.")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *from == "" {
+		return errors.New("--from is required")
+	}
+	u, err := url.Parse(*from)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("--from %q is not a URL", *from)
+	}
+	creds := insecure.NewCredentials()
+	if u.Scheme == "https" {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if *caFile != "" {
+			pem, err := os.ReadFile(*caFile)
+			if err != nil {
+				return err
+			}
+			tc.RootCAs = x509.NewCertPool()
+			tc.RootCAs.AppendCertsFromPEM(pem)
+		}
+		if *certFile != "" {
+			cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+			if err != nil {
+				return err
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		creds = credentials.NewTLS(tc)
+	}
+	conn, err := grpc.NewClient(u.Host, grpc.WithTransportCredentials(creds), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+
+	ctx := context.Background()
+	be, err := openBackend(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("open database: %w", err)
+	}
+	log, err := sqllog.Open(ctx, be, sqllog.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		be.Close()
+		return fmt.Errorf("open database: %w", err)
+	}
+	defer log.Close()
+	n, leases, rev, err := migrate(ctx, pb.NewKVClient(conn), pb.NewLeaseClient(conn), log)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "copied %d keys and %d leases from %s at revision %d\n", n, leases, *from, rev)
+	return nil
+}
+
+func migrate(ctx context.Context, kv pb.KVClient, lc pb.LeaseClient, log *sqllog.Log) (keys, leases int, rev int64, err error) {
+	// The first page fixes the revision every later page reads at.
+	first, err := kv.Range(ctx, &pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}, Limit: 1, CountOnly: true})
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("read source: %w", err)
+	}
+	rev = first.Header.Revision
+	if err := sqllog.StartAt(ctx, log, rev); err != nil {
+		return 0, 0, 0, err
+	}
+
+	// Leases first, so that keys can be attached; each keeps the time it had left.
+	ll, err := lc.LeaseLeases(ctx, &pb.LeaseLeasesRequest{})
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("list source leases: %w", err)
+	}
+	for _, l := range ll.Leases {
+		ttl, err := lc.LeaseTimeToLive(ctx, &pb.LeaseTimeToLiveRequest{ID: l.ID})
+		if err != nil {
+			return 0, 0, 0, fmt.Errorf("read source lease %x: %w", l.ID, err)
+		}
+		if ttl.TTL <= 0 {
+			continue // expired meanwhile
+		}
+		err = log.Write(ctx, func(tw *sqllog.TxnWrite) error {
+			tw.GrantLease(sqllog.Lease{ID: l.ID, TTL: ttl.GrantedTTL, Expiry: time.Now().Add(time.Duration(ttl.TTL) * time.Second)})
+			return nil
+		})
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		leases++
+	}
+
+	key := []byte{0}
+	for {
+		page, err := kv.Range(ctx, &pb.RangeRequest{Key: key, RangeEnd: []byte{0}, Limit: migratePage, Revision: rev})
+		if err != nil {
+			return keys, leases, rev, fmt.Errorf("read source at revision %d: %w", rev, err)
+		}
+		if len(page.Kvs) > 0 {
+			copied := 0
+			err = log.Write(ctx, func(tw *sqllog.TxnWrite) error {
+				copied = 0
+				for _, kv := range page.Kvs {
+					// A key whose lease expired while copying is gone at the source too.
+					if kv.Lease != 0 && !tw.LeaseExists(kv.Lease) {
+						continue
+					}
+					tw.Put(kv.Key, kv.Value, kv.Lease)
+					copied++
+				}
+				return nil
+			})
+			if err != nil {
+				return keys, leases, rev, err
+			}
+			keys += copied
+		}
+		if !page.More {
+			return keys, leases, rev, nil
+		}
+		key = append(page.Kvs[len(page.Kvs)-1].Key, 0)
+	}
+}

@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/soheilhy/cmux"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/h2c"
+	"google.golang.org/grpc"
+
+	"github.com/shimd/shimd/compact"
+	"github.com/shimd/shimd/drivers"
+	"github.com/shimd/shimd/drivers/mysql"
+	"github.com/shimd/shimd/drivers/postgres"
+	"github.com/shimd/shimd/drivers/sqlite"
+	"github.com/shimd/shimd/server"
+	"github.com/shimd/shimd/sqllog"
+)
+
+// openBackend opens the database --endpoint names.
+func openBackend(ctx context.Context, cfg *config) (*drivers.Backend, error) {
+	ep := cfg.endpoint
+	opts := drivers.Options{MaxOpenConns: cfg.dbMaxConns, ConnectTimeout: cfg.dbConnectTimeout}
+	switch {
+	case ep == "":
+		return sqlite.Open(filepath.Join(cfg.dataDir, sqlite.FileName))
+	case strings.HasPrefix(ep, "sqlite://"), strings.HasPrefix(ep, "file:"):
+		return sqlite.Open(ep)
+	case strings.HasPrefix(ep, "postgres://"), strings.HasPrefix(ep, "postgresql://"):
+		postgres.FullVacuum = cfg.pgVacuumFull
+		return postgres.Open(ctx, ep, opts)
+	case strings.HasPrefix(ep, "mysql://"):
+		return mysql.Open(ctx, ep, opts)
+	}
+	scheme, _, _ := strings.Cut(ep, "://")
+	return nil, fmt.Errorf("--endpoint: unsupported database %q (supported: sqlite://, postgres://, mysql://, or empty for SQLite in --data-dir)", scheme)
+}
+
+// dispatch sends gRPC requests to g and the rest to h.
+func dispatch(g *grpc.Server, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			g.ServeHTTP(w, r)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// tlsConfig builds the server's TLS settings from etcd's flags, or nil.
+func tlsConfig(cfg *config) (*tls.Config, error) {
+	if cfg.certFile == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.certFile, cfg.keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load --cert-file/--key-file: %w", err)
+	}
+	tc := &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS12,
+		// gRPC clients insist on ALPN h2; browsers and curl may use HTTP/1.1.
+		NextProtos: []string{"h2", "http/1.1"},
+	}
+	if cfg.trustedCAFile != "" {
+		pem, err := os.ReadFile(cfg.trustedCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read --trusted-ca-file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--trusted-ca-file %s holds no PEM certificate", cfg.trustedCAFile)
+		}
+		tc.ClientCAs = pool
+		if cfg.clientCertAuth {
+			tc.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+	}
+	return tc, nil
+}
+
+func run(ctx context.Context, cfg *config) error {
+	lg := newLogger(cfg, os.Stderr)
+	tc, err := tlsConfig(cfg)
+	if err != nil {
+		return err
+	}
+	clientURLs, _ := parseURLs(cfg.listenClientURLs)
+	metricsURLs, _ := parseURLs(cfg.listenMetricsURLs)
+
+	be, err := openBackend(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("open database: %w", err)
+	}
+	log, err := sqllog.Open(ctx, be, sqllog.Options{Logger: lg, PollInterval: cfg.dbPollInterval})
+	if err != nil {
+		be.Close()
+		return fmt.Errorf("open database: %w", err)
+	}
+	defer log.Close()
+
+	var advertised []string
+	for _, u := range clientURLs {
+		advertised = append(advertised, u.String())
+	}
+	srv := server.New(log, server.Config{
+		Name:                   cfg.name,
+		ClientURLs:             advertised,
+		QuotaBackendBytes:      cfg.quotaBackendBytes,
+		MaxTxnOps:              cfg.maxTxnOps,
+		MaxRequestBytes:        cfg.maxRequestBytes,
+		ProgressNotifyInterval: cfg.progressInterval,
+		WarningApplyDuration:   cfg.warningApply,
+		Logger:                 lg,
+	})
+	defer srv.Close()
+	retention, revisions, _ := compact.ParseRetention(cfg.compactionMode, cfg.compactionRetain)
+	go compact.Run(ctx, log, compact.Config{
+		Mode: cfg.compactionMode, Retention: retention, Revisions: revisions,
+		Active: srv.CompactionLeader, Logger: lg,
+	})
+
+	g := grpc.NewServer(srv.GRPCOptions()...)
+	srv.Register(g)
+	// HTTP/1.1 and cleartext HTTP/2 for the health and metrics endpoints.
+	httpLog := slog.NewLogLogger(lg.Handler(), slog.LevelWarn)
+	httpSrv := &http.Server{
+		Handler:           h2c.NewHandler(srv.HTTPHandler(promhttp.Handler()), &http2.Server{}),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          httpLog,
+	}
+
+	var listeners []net.Listener
+	closeAll := func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}
+	listen := func(u *url.URL) (net.Listener, error) {
+		ln, err := net.Listen("tcp", u.Host)
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", u, err)
+		}
+		listeners = append(listeners, ln)
+		return ln, nil
+	}
+	// Over TLS, net/http negotiates HTTP/2 itself and hands gRPC requests
+	// (by content type) to the gRPC server, as etcd does; the health and
+	// metrics endpoints then work over h2 and HTTP/1.1 alike.
+	tlsSrv := &http.Server{
+		Handler:           dispatch(g, httpSrv.Handler),
+		TLSConfig:         tc,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          httpLog,
+	}
+	errc := make(chan error, 3*(len(clientURLs)+len(metricsURLs)))
+	for _, u := range clientURLs {
+		ln, err := listen(u)
+		if err != nil {
+			closeAll()
+			return err
+		}
+		if u.Scheme == "https" {
+			go func() { errc <- tlsSrv.ServeTLS(ln, "", "") }()
+		} else {
+			// Cleartext: gRPC and HTTP share the port through cmux, as in
+			// etcd; a connection is gRPC if its first HTTP/2 request says so.
+			m := cmux.New(ln)
+			grpcL := m.MatchWithWriters(cmux.HTTP2MatchHeaderFieldSendSettings("content-type", "application/grpc"))
+			httpL := m.Match(cmux.Any())
+			go func() { errc <- g.Serve(grpcL) }()
+			go func() { errc <- httpSrv.Serve(httpL) }()
+			go func() { errc <- m.Serve() }()
+		}
+		lg.Info("serving client traffic", "url", u.String(), "backend", be.Name, "revision", log.Rev(), "member", fmt.Sprintf("%x", srv.MemberID()))
+	}
+	for _, u := range metricsURLs {
+		ln, err := listen(u)
+		if err != nil {
+			closeAll()
+			return err
+		}
+		if u.Scheme == "https" {
+			go func() { errc <- tlsSrv.ServeTLS(ln, "", "") }()
+		} else {
+			go func() { errc <- httpSrv.Serve(ln) }()
+		}
+		lg.Info("serving metrics and health", "url", u.String())
+	}
+
+	select {
+	case <-ctx.Done():
+		lg.Info("shutting down")
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, cmux.ErrListenerClosed) {
+			g.Stop()
+			closeAll()
+			return fmt.Errorf("serve: %w", err)
+		}
+	}
+	// Let in-flight requests finish, but do not wait on clients forever.
+	stopped := make(chan struct{})
+	go func() { g.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		g.Stop()
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	httpSrv.Shutdown(sctx)
+	tlsSrv.Shutdown(sctx)
+	cancel()
+	closeAll()
+	return nil
+}
