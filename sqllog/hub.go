@@ -162,25 +162,33 @@ func (h *hub) run() {
 }
 
 // syncWatchers catches lagging watchers up by one batch each and returns how
-// many still lag.
+// many still lag. The history is read without holding the hub's lock, so
+// that a slow read never delays the fan-out of new commits.
 func (h *hub) syncWatchers() int {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	if len(h.unsynced) == 0 {
+		h.mu.Unlock()
 		return 0
 	}
 	curRev := h.rev
 	compactRev := h.l.CompactRev()
+	now := time.Now()
 	chosen := make([]*watcher, 0, min(len(h.unsynced), maxWatchersPerSync))
+	from := make(map[*watcher]int64)
 	minRev := int64(math.MaxInt64)
 	for w := range h.unsynced {
 		if len(chosen) == maxWatchersPerSync {
 			break
 		}
+		if now.Before(w.retryAt) {
+			continue
+		}
 		if w.minRev < compactRev {
 			if w.send(WatchResponse{WatchID: w.id, CompactRevision: compactRev}) {
 				w.compacted = true
 				delete(h.unsynced, w)
+			} else {
+				w.backoff(now)
 			}
 			continue
 		}
@@ -190,19 +198,28 @@ func (h *hub) syncWatchers() int {
 			continue
 		}
 		chosen = append(chosen, w)
+		from[w] = w.minRev
 		minRev = min(minRev, w.minRev)
 	}
+	h.mu.Unlock()
 	if len(chosen) == 0 {
-		return len(h.unsynced)
+		return h.lagging()
 	}
+
 	evs, upTo, err := h.history(minRev, curRev)
 	if err != nil {
 		h.l.lg.Warn("watch: reading history failed; will retry", "err", err)
-		return len(h.unsynced)
+		return h.lagging()
 	}
+
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	for _, w := range chosen {
-		batch, revs, next := []mvccpb.Event(nil), 0, int64(0)
-		last := int64(0)
+		// Cancelled, or moved on by someone else, while the lock was free.
+		if _, still := h.unsynced[w]; !still || w.minRev != from[w] {
+			continue
+		}
+		batch, revs, next, last := []mvccpb.Event(nil), 0, int64(0), int64(0)
 		for _, ev := range evs {
 			r := ev.Kv.ModRevision
 			if r < w.minRev || !w.contains(ev.Kv.Key) {
@@ -222,16 +239,27 @@ func (h *hub) syncWatchers() int {
 			next = upTo + 1
 		}
 		if len(batch) > 0 && !w.send(WatchResponse{WatchID: w.id, Events: batch, Revision: curRev}) {
-			continue // stream full: retry later from the same place
+			w.backoff(now) // stream full: retry later from the same place
+			continue
 		}
+		w.retry = 0
 		if next != 0 {
 			w.minRev = next
 			continue
 		}
 		w.minRev = curRev + 1
+		if w.minRev <= h.rev {
+			continue // commits fanned out meanwhile: another pass picks them up
+		}
 		delete(h.unsynced, w)
 		h.synced.add(w)
 	}
+	return len(h.unsynced)
+}
+
+func (h *hub) lagging() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	return len(h.unsynced)
 }
 

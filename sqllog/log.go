@@ -49,6 +49,8 @@ type Log struct {
 
 	compactor compactor
 	hub       hub
+	values    *valueCache
+	stmts     stmts
 
 	follower sync.WaitGroup
 
@@ -64,7 +66,13 @@ type Options struct {
 	// PollInterval is how often a shared database is checked for other
 	// processes' commits when nothing wakes the log sooner.
 	PollInterval time.Duration
+	// ValueCacheBytes bounds the cache of recent values (0: the default,
+	// negative: no cache).
+	ValueCacheBytes int64
 }
+
+// DefaultValueCacheBytes is the default bound of the value cache.
+const DefaultValueCacheBytes = 64 << 20
 
 // Open creates shimd's tables if needed, loads the index from the log and
 // starts the writer.
@@ -86,8 +94,17 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 		quit:     make(chan struct{}),
 		stopped:  make(chan struct{}),
 	}
+	l.values = newValueCache(opts.ValueCacheBytes)
+	if opts.ValueCacheBytes == 0 {
+		l.values = newValueCache(DefaultValueCacheBytes)
+	}
 	if err := l.initSchema(ctx); err != nil {
 		return nil, err
+	}
+	for _, q := range l.writeStatements() {
+		if _, err := l.stmts.get(ctx, be.Write, q); err != nil {
+			return nil, fmt.Errorf("prepare: %w", err)
+		}
 	}
 	registerPool(be.Read, "shimd_read")
 	registerPool(be.Write, "shimd_write")
@@ -130,6 +147,7 @@ func (l *Log) Close() error {
 	l.follower.Wait()
 	l.hub.stop()
 	l.compactor.stop()
+	l.stmts.close()
 	return l.be.Close()
 }
 

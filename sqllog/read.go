@@ -164,28 +164,39 @@ const fetchChunk = 256
 
 // fillValues reads the values of hits from pending or the database.
 func (l *Log) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyValue, pending map[int64][]byte) error {
-	want := make(map[int64]int, len(hits))
+	var want map[int64]int
 	var ids []int64
 	for i, h := range hits {
 		if v, ok := pending[h.e.id]; ok {
 			kvs[i].Value = v
 			continue
 		}
+		if v, ok := l.values.get(h.e.id); ok {
+			kvs[i].Value = v
+			continue
+		}
+		if want == nil {
+			want = make(map[int64]int)
+		}
 		want[h.e.id] = i
 		ids = append(ids, h.e.id)
 	}
-	found := 0
 	for len(ids) > 0 {
 		n := min(len(ids), fetchChunk)
 		chunk := ids[:n]
 		ids = ids[n:]
-		args := make([]any, len(chunk))
-		for i, id := range chunk {
-			args[i] = id
+		size := sizeClass(len(chunk))
+		args := make([]any, size)
+		for i := range args {
+			args[i] = chunk[min(i, len(chunk)-1)]
 		}
-		query := l.q(`SELECT id, value FROM shimd_log WHERE id IN (?` + strings.Repeat(",?", len(chunk)-1) + `)`)
+		query := l.q(`SELECT id, value FROM shimd_log WHERE id IN (?` + strings.Repeat(",?", size-1) + `)`)
 		start := time.Now()
-		rows, err := l.be.Read.QueryContext(ctx, query, args...)
+		st, err := l.stmts.get(ctx, l.be.Read, query)
+		if err != nil {
+			return fmt.Errorf("read values: %w", err)
+		}
+		rows, err := st.QueryContext(ctx, args...)
 		if err != nil {
 			return fmt.Errorf("read values: %w", err)
 		}
@@ -197,8 +208,9 @@ func (l *Log) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyValue,
 				return fmt.Errorf("read values: %w", err)
 			}
 			if i, ok := want[id]; ok {
+				delete(want, id)
 				kvs[i].Value = v
-				found++
+				l.values.put(id, v)
 			}
 		}
 		rows.Close()
@@ -207,7 +219,7 @@ func (l *Log) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyValue,
 			return fmt.Errorf("read values: %w", err)
 		}
 	}
-	if found != len(want) {
+	if len(want) > 0 {
 		// Compaction removed a row between the index walk and this read.
 		return ErrCompacted
 	}

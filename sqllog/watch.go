@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"sync"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
@@ -47,6 +48,17 @@ type watcher struct {
 	filters   []FilterFunc
 	ch        chan<- WatchResponse
 	compacted bool
+	// retry and retryAt back off a lagging watcher whose stream is full, so
+	// that a client that stopped reading costs little until it reads again.
+	retry   time.Duration
+	retryAt time.Time
+}
+
+const maxRetry = time.Second
+
+func (w *watcher) backoff(now time.Time) {
+	w.retry = min(max(2*w.retry, syncRetry), maxRetry)
+	w.retryAt = now.Add(w.retry)
 }
 
 func (w *watcher) contains(key []byte) bool {

@@ -291,6 +291,11 @@ func (l *Log) commit(reqs []*writeReq) {
 	// Watchers hear of a revision before readers can see it, so a watch
 	// created after a read never starts beyond events it has not been sent.
 	l.notifyWatchers(b.changes)
+	for _, c := range b.changes {
+		if !c.e.tombstone() {
+			l.values.put(c.e.id, c.Value)
+		}
+	}
 	l.mu.Lock()
 	l.applyLeaseOps(b.leaseOps)
 	l.applyAttachments(b.changes)
@@ -304,6 +309,29 @@ func (l *Log) commit(reqs []*writeReq) {
 	l.lastID = b.lastID
 	l.mu.Unlock()
 	l.notify(b.rev)
+}
+
+// exec runs a statement of the write path in tx, using its prepared form
+// when Open prepared one. (Preparing here could deadlock: the writer's
+// transaction may hold the pool's only connection.)
+func (l *Log) exec(ctx context.Context, tx *sql.Tx, query string, args ...any) error {
+	var err error
+	if st := l.stmts.lookup(l.be.Write, query); st != nil {
+		_, err = tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	} else {
+		_, err = tx.ExecContext(ctx, query, args...)
+	}
+	return err
+}
+
+// writeStatements are the statements every write batch runs.
+func (l *Log) writeStatements() []string {
+	out := []string{l.q(`UPDATE shimd_meta SET rev = ?, last_id = ?, lease_gen = ? WHERE id = 1`)}
+	for _, n := range []int{1, 4, 16, 64} {
+		out = append(out, l.q(`INSERT INTO shimd_log (id, rev, sub, kv_key, value, create_rev, version, lease, deleted) VALUES (?,?,?,?,?,?,?,?,?)`+
+			strings.Repeat(`,(?,?,?,?,?,?,?,?,?)`, n-1)))
+	}
+	return out
 }
 
 // insertRows and insertBytes bound one INSERT statement (MySQL refuses
@@ -322,6 +350,13 @@ func (l *Log) insert(ctx context.Context, tx *sql.Tx, b *batch) error {
 			size += len(rest[n].Key) + len(rest[n].Value)
 			n++
 		}
+		// Whole size classes only, so that few statements are ever prepared.
+		for _, c := range []int{64, 16, 4, 1} {
+			if n >= c {
+				n = c
+				break
+			}
+		}
 		chunk := rest[:n]
 		rest = rest[n:]
 		args := make([]any, 0, len(chunk)*8)
@@ -330,7 +365,7 @@ func (l *Log) insert(ctx context.Context, tx *sql.Tx, b *batch) error {
 		}
 		query := l.q(`INSERT INTO shimd_log (id, rev, sub, kv_key, value, create_rev, version, lease, deleted) VALUES (?,?,?,?,?,?,?,?,?)` +
 			strings.Repeat(`,(?,?,?,?,?,?,?,?,?)`, len(chunk)-1))
-		if _, err := tx.ExecContext(ctx, query, args...); err != nil {
+		if err := l.exec(ctx, tx, query, args...); err != nil {
 			return fmt.Errorf("append to log: %w", err)
 		}
 	}
@@ -343,7 +378,7 @@ func (l *Log) advance(ctx context.Context, tx *sql.Tx, b *batch) error {
 	if len(b.leaseOps) > 0 {
 		gen++
 	}
-	if _, err := tx.ExecContext(ctx, l.q(`UPDATE shimd_meta SET rev = ?, last_id = ?, lease_gen = ? WHERE id = 1`), b.rev, b.lastID, gen); err != nil {
+	if err := l.exec(ctx, tx, l.q(`UPDATE shimd_meta SET rev = ?, last_id = ?, lease_gen = ? WHERE id = 1`), b.rev, b.lastID, gen); err != nil {
 		return fmt.Errorf("advance revision: %w", err)
 	}
 	b.leaseGen = gen
