@@ -8,6 +8,7 @@ import (
 	"context"
 	"hash/fnv"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/shimd/shimd/sqllog"
 )
@@ -43,6 +45,12 @@ type Config struct {
 	ProgressNotifyInterval time.Duration
 	// WarningApplyDuration: slower requests are logged.
 	WarningApplyDuration time.Duration
+	// KeepAliveMinTime is the shortest ping interval clients may use;
+	// KeepAliveInterval and KeepAliveTimeout are the server's own pings.
+	// etcd's defaults: 5 s, 2 h, 20 s.
+	KeepAliveMinTime, KeepAliveInterval, KeepAliveTimeout time.Duration
+	// MaxConcurrentStreams bounds the streams of one client connection.
+	MaxConcurrentStreams uint32
 	Logger               *slog.Logger
 }
 
@@ -70,6 +78,18 @@ func New(log *sqllog.Log, cfg Config) *Server {
 		cfg.ProgressNotifyInterval = DefaultProgressNotifyInterval
 	}
 	cfg.ProgressNotifyInterval = max(cfg.ProgressNotifyInterval, minProgressNotifyInterval)
+	if cfg.KeepAliveMinTime <= 0 {
+		cfg.KeepAliveMinTime = 5 * time.Second
+	}
+	if cfg.KeepAliveInterval <= 0 {
+		cfg.KeepAliveInterval = 2 * time.Hour
+	}
+	if cfg.KeepAliveTimeout <= 0 {
+		cfg.KeepAliveTimeout = 20 * time.Second
+	}
+	if cfg.MaxConcurrentStreams == 0 {
+		cfg.MaxConcurrentStreams = math.MaxUint32
+	}
 	if cfg.WarningApplyDuration <= 0 {
 		cfg.WarningApplyDuration = DefaultWarningApplyDuration
 	}
@@ -125,6 +145,11 @@ func (s *Server) GRPCOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes + grpcOverheadBytes),
 		grpc.MaxSendMsgSize(1<<31 - 1),
+		grpc.MaxConcurrentStreams(s.cfg.MaxConcurrentStreams),
+		// Clients such as kube-apiserver ping every 30 s; grpc-go's default
+		// policy would close their connections for pinging too often.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: s.cfg.KeepAliveMinTime, PermitWithoutStream: false}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepAliveInterval, Timeout: s.cfg.KeepAliveTimeout}),
 		grpc.ChainUnaryInterceptor(grpcMetrics.UnaryServerInterceptor(), s.slowLog),
 		grpc.ChainStreamInterceptor(grpcMetrics.StreamServerInterceptor()),
 	}

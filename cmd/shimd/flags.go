@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/url"
 	"os"
 	"strings"
@@ -30,6 +31,10 @@ type config struct {
 	logLevel          string
 	logFormat         string
 	warningApply      time.Duration
+	keepAliveMinTime  time.Duration
+	keepAliveInterval time.Duration
+	keepAliveTimeout  time.Duration
+	maxStreams        uint
 	progressInterval  time.Duration
 	dbMaxConns        int
 	dbConnectTimeout  time.Duration
@@ -85,6 +90,10 @@ func newFlagSet(cfg *config, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&cfg.maxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes, "Maximum client request size in bytes the server will accept.")
 	fs.IntVar(&cfg.maxTxnOps, "max-txn-ops", server.DefaultMaxTxnOps, "Maximum number of operations permitted in a transaction.")
 	fs.DurationVar(&cfg.progressInterval, "watch-progress-notify-interval", server.DefaultProgressNotifyInterval, "Duration of periodic watch progress notifications.")
+	fs.DurationVar(&cfg.keepAliveMinTime, "grpc-keepalive-min-time", 5*time.Second, "Minimum interval duration that a client should wait before pinging server.")
+	fs.DurationVar(&cfg.keepAliveInterval, "grpc-keepalive-interval", 2*time.Hour, "Frequency duration of server-to-client ping to check if a connection is alive.")
+	fs.DurationVar(&cfg.keepAliveTimeout, "grpc-keepalive-timeout", 20*time.Second, "Additional duration of wait before closing a non-responsive connection.")
+	fs.UintVar(&cfg.maxStreams, "max-concurrent-streams", math.MaxUint32, "Maximum concurrent streams that each client can open at a time.")
 	fs.DurationVar(&cfg.warningApply, "warning-apply-duration", server.DefaultWarningApplyDuration, "Time duration after which a warning is generated if request takes more time.")
 	// Security
 	fs.StringVar(&cfg.certFile, "cert-file", "", "Path to the client server TLS cert file.")
@@ -185,6 +194,8 @@ func validate(cfg *config) error {
 		return fmt.Errorf("--max-request-bytes must be positive, got %d", cfg.maxRequestBytes)
 	case cfg.maxTxnOps <= 0:
 		return fmt.Errorf("--max-txn-ops must be positive, got %d", cfg.maxTxnOps)
+	case cfg.maxStreams == 0 || cfg.maxStreams > math.MaxUint32:
+		return fmt.Errorf("--max-concurrent-streams must be between 1 and %d", uint32(math.MaxUint32))
 	case cfg.quotaBackendBytes < 0:
 		return fmt.Errorf("--quota-backend-bytes must not be negative, got %d", cfg.quotaBackendBytes)
 	case cfg.logFormat != "text" && cfg.logFormat != "json":

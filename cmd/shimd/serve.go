@@ -124,6 +124,10 @@ func run(ctx context.Context, cfg *config) error {
 		MaxRequestBytes:        cfg.maxRequestBytes,
 		ProgressNotifyInterval: cfg.progressInterval,
 		WarningApplyDuration:   cfg.warningApply,
+		KeepAliveMinTime:       cfg.keepAliveMinTime,
+		KeepAliveInterval:      cfg.keepAliveInterval,
+		KeepAliveTimeout:       cfg.keepAliveTimeout,
+		MaxConcurrentStreams:   uint32(cfg.maxStreams),
 		Logger:                 lg,
 	})
 	defer srv.Close()
