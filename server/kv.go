@@ -19,9 +19,14 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 	if err := checkRange(r); err != nil {
 		return nil, err
 	}
-	v, err := k.s.log.View(ctx)
-	if err != nil {
-		return nil, toGRPC(err)
+	var v sqllog.ReadView
+	if r.Serializable {
+		v = k.s.log.SerializableView()
+	} else {
+		var err error
+		if v, err = k.s.log.View(ctx); err != nil {
+			return nil, toGRPC(err)
+		}
 	}
 	resp, err := doRange(ctx, v, r)
 	if err != nil {

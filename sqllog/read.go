@@ -58,6 +58,14 @@ func (l *Log) View(ctx context.Context) (ReadView, error) {
 	return &readView{l: l, rev: l.Rev()}, nil
 }
 
+// SerializableView returns a read view at the latest revision this process
+// has applied, without asking the database for newer ones: etcd's
+// serializable read, which may miss writes acknowledged by other processes
+// in the last poll interval.
+func (l *Log) SerializableView() ReadView {
+	return &readView{l: l, rev: l.Rev()}
+}
+
 func (v *readView) Rev() int64      { return v.rev }
 func (v *readView) FirstRev() int64 { return v.l.CompactRev() }
 func (v *readView) Range(ctx context.Context, key, end []byte, ro RangeOptions) (*RangeResult, error) {
