@@ -7,6 +7,7 @@ package drivers
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"time"
 )
 
@@ -66,4 +67,38 @@ type Dialect interface {
 	// Defragment gives the space of deleted rows back, as etcd's defrag does
 	// for its file.
 	Defragment(ctx context.Context, db *sql.DB) error
+}
+
+// OpenServer opens the read and write pools of a server database (one that
+// several processes may share) on connector and checks that it answers.
+// The Backend's Name, Dialect and Listen are the caller's to fill.
+func OpenServer(ctx context.Context, connector driver.Connector, opts Options) (*Backend, error) {
+	read := sql.OpenDB(connector)
+	read.SetMaxOpenConns(max(opts.MaxOpenConns, 2))
+	read.SetMaxIdleConns(max(opts.MaxOpenConns, 2))
+	read.SetConnMaxIdleTime(5 * time.Minute)
+	// The writer's transactions, plus compaction, lease renewals, heartbeats.
+	write := sql.OpenDB(connector)
+	write.SetMaxOpenConns(4)
+	write.SetMaxIdleConns(4)
+	write.SetConnMaxIdleTime(5 * time.Minute)
+	pctx, cancel := context.WithTimeout(ctx, max(opts.ConnectTimeout, 5*time.Second))
+	defer cancel()
+	if err := write.PingContext(pctx); err != nil {
+		read.Close()
+		write.Close()
+		return nil, err
+	}
+	return &Backend{
+		Write:  write,
+		Read:   read,
+		Shared: true,
+		Close: func() error {
+			err := read.Close()
+			if werr := write.Close(); err == nil {
+				err = werr
+			}
+			return err
+		},
+	}, nil
 }

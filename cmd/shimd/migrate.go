@@ -75,14 +75,9 @@ func migrateCommand(args []string) error {
 	defer conn.Close()
 
 	ctx := context.Background()
-	be, err := openBackend(ctx, cfg)
+	log, err := openLog(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
-		return fmt.Errorf("open database: %w", err)
-	}
-	log, err := sqllog.Open(ctx, be, sqllog.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		be.Close()
-		return fmt.Errorf("open database: %w", err)
+		return err
 	}
 	defer log.Close()
 	n, leases, rev, err := migrate(ctx, pb.NewKVClient(conn), pb.NewLeaseClient(conn), log)

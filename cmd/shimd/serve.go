@@ -49,6 +49,20 @@ func openBackend(ctx context.Context, cfg *config) (*drivers.Backend, error) {
 	return nil, fmt.Errorf("--endpoint: unsupported database %q (supported: sqlite://, postgres://, mysql://, or empty for SQLite in --data-dir)", scheme)
 }
 
+// openLog opens the database --endpoint names and the log in it.
+func openLog(ctx context.Context, cfg *config, lg *slog.Logger) (*sqllog.Log, error) {
+	be, err := openBackend(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	log, err := sqllog.Open(ctx, be, sqllog.Options{Logger: lg, PollInterval: cfg.dbPollInterval})
+	if err != nil {
+		be.Close()
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	return log, nil
+}
+
 // dispatch sends gRPC requests to g and the rest to h.
 func dispatch(g *grpc.Server, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -101,14 +115,9 @@ func run(ctx context.Context, cfg *config) error {
 	clientURLs, _ := parseURLs(cfg.listenClientURLs)
 	metricsURLs, _ := parseURLs(cfg.listenMetricsURLs)
 
-	be, err := openBackend(ctx, cfg)
+	log, err := openLog(ctx, cfg, lg)
 	if err != nil {
-		return fmt.Errorf("open database: %w", err)
-	}
-	log, err := sqllog.Open(ctx, be, sqllog.Options{Logger: lg, PollInterval: cfg.dbPollInterval})
-	if err != nil {
-		be.Close()
-		return fmt.Errorf("open database: %w", err)
+		return err
 	}
 	defer log.Close()
 
@@ -189,7 +198,7 @@ func run(ctx context.Context, cfg *config) error {
 			go func() { errc <- httpSrv.Serve(httpL) }()
 			go func() { errc <- m.Serve() }()
 		}
-		lg.Info("serving client traffic", "url", u.String(), "backend", be.Name, "revision", log.Rev(), "member", fmt.Sprintf("%x", srv.MemberID()))
+		lg.Info("serving client traffic", "url", u.String(), "backend", log.Backend().Name, "revision", log.Rev(), "member", fmt.Sprintf("%x", srv.MemberID()))
 	}
 	for _, u := range metricsURLs {
 		ln, err := listen(u)

@@ -35,14 +35,9 @@ func snapshotCommand(args []string) error {
 	}
 	defer f.Close()
 	ctx := context.Background()
-	be, err := openBackend(ctx, cfg)
+	log, err := openLog(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
-		return fmt.Errorf("open database: %w", err)
-	}
-	log, err := sqllog.Open(ctx, be, sqllog.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		be.Close()
-		return fmt.Errorf("open database: %w", err)
+		return err
 	}
 	defer log.Close()
 	if err := sqllog.Restore(ctx, log, f); err != nil {

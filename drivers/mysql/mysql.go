@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
-	"time"
 
 	"github.com/go-sql-driver/mysql"
 
@@ -61,35 +60,13 @@ func Open(ctx context.Context, endpoint string, opts drivers.Options) (*drivers.
 	if err != nil {
 		return nil, fmt.Errorf("mysql: %w", err)
 	}
-	read := sql.OpenDB(connector)
-	read.SetMaxOpenConns(max(opts.MaxOpenConns, 2))
-	read.SetMaxIdleConns(max(opts.MaxOpenConns, 2))
-	read.SetConnMaxIdleTime(5 * time.Minute)
-	write := sql.OpenDB(connector)
-	write.SetMaxOpenConns(4)
-	write.SetMaxIdleConns(4)
-	write.SetConnMaxIdleTime(5 * time.Minute)
-	pctx, cancel := context.WithTimeout(ctx, max(opts.ConnectTimeout, 5*time.Second))
-	defer cancel()
-	if err := write.PingContext(pctx); err != nil {
-		read.Close()
-		write.Close()
+	be, err := drivers.OpenServer(ctx, connector, opts)
+	if err != nil {
 		return nil, fmt.Errorf("mysql: connect to %s: %w", cfg.Addr, err)
 	}
-	return &drivers.Backend{
-		Name:    "mysql",
-		Write:   write,
-		Read:    read,
-		Shared:  true,
-		Dialect: dialect{},
-		Close: func() error {
-			err := read.Close()
-			if werr := write.Close(); err == nil {
-				err = werr
-			}
-			return err
-		},
-	}, nil
+	be.Name = "mysql"
+	be.Dialect = dialect{}
+	return be, nil
 }
 
 type dialect struct{}

@@ -30,38 +30,14 @@ func Open(ctx context.Context, dsn string, opts drivers.Options) (*drivers.Backe
 	if opts.ConnectTimeout > 0 {
 		cfg.ConnectTimeout = opts.ConnectTimeout
 	}
-	connector := stdlib.GetConnector(*cfg)
-	read := sql.OpenDB(connector)
-	read.SetMaxOpenConns(max(opts.MaxOpenConns, 2))
-	read.SetMaxIdleConns(max(opts.MaxOpenConns, 2))
-	read.SetConnMaxIdleTime(5 * time.Minute)
-	// The writer's transactions, plus compaction and lease renewals.
-	write := sql.OpenDB(connector)
-	write.SetMaxOpenConns(4)
-	write.SetMaxIdleConns(4)
-	write.SetConnMaxIdleTime(5 * time.Minute)
-	pctx, cancel := context.WithTimeout(ctx, max(opts.ConnectTimeout, 5*time.Second))
-	defer cancel()
-	if err := write.PingContext(pctx); err != nil {
-		read.Close()
-		write.Close()
+	be, err := drivers.OpenServer(ctx, stdlib.GetConnector(*cfg), opts)
+	if err != nil {
 		return nil, fmt.Errorf("postgres: connect to %s:%d: %w", cfg.Host, cfg.Port, redact(err, cfg.Password))
 	}
-	return &drivers.Backend{
-		Name:    "postgres",
-		Write:   write,
-		Read:    read,
-		Shared:  true,
-		Dialect: dialect{},
-		Listen:  func(ctx context.Context, wake func()) { listen(ctx, cfg, wake) },
-		Close: func() error {
-			err := read.Close()
-			if werr := write.Close(); err == nil {
-				err = werr
-			}
-			return err
-		},
-	}, nil
+	be.Name = "postgres"
+	be.Dialect = dialect{}
+	be.Listen = func(ctx context.Context, wake func()) { listen(ctx, cfg, wake) }
+	return be, nil
 }
 
 // listen holds a connection subscribed to the channel and calls wake for
