@@ -295,15 +295,13 @@ func (l *Log) catchUp(ctx context.Context, q queryer, m meta) error {
 			l.liveRows++
 		}
 		l.applyAttachments(batch)
-		l.mu.Unlock()
-		if !loading {
-			l.notifyWatchers(batch)
-		}
-		l.mu.Lock()
 		l.rev = m.rev
 		l.lastID = m.lastID
 		l.mu.Unlock()
 		currentRevGauge.Set(float64(m.rev))
+		if !loading {
+			l.notifyWatchers(batch)
+		}
 	}
 	if m.compactRev > l.CompactRev() {
 		// Loading at start: finish a compaction a crash interrupted.

@@ -288,9 +288,6 @@ func (l *Log) commit(reqs []*writeReq) {
 		fail(fmt.Errorf("commit: %w", err))
 		return
 	}
-	// Watchers hear of a revision before readers can see it, so a watch
-	// created after a read never starts beyond events it has not been sent.
-	l.notifyWatchers(b.changes)
 	for _, c := range b.changes {
 		if !c.e.tombstone() {
 			l.values.put(c.e.id, c.Value)
@@ -308,6 +305,11 @@ func (l *Log) commit(reqs []*writeReq) {
 	currentRevGauge.Set(float64(b.rev))
 	l.lastID = b.lastID
 	l.mu.Unlock()
+	// Readers see a revision before watchers hear of it, so a client that
+	// got an event and then reads never reads an older revision. (A watch
+	// created in between starts at the revision its created response names,
+	// and so still gets the event.)
+	l.notifyWatchers(b.changes)
 	l.notify(b.rev)
 }
 

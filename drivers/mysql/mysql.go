@@ -56,6 +56,9 @@ func Open(ctx context.Context, endpoint string, opts drivers.Options) (*drivers.
 	if opts.ConnectTimeout > 0 {
 		cfg.Timeout = opts.ConnectTimeout
 	}
+	// Affected rows are the rows matched, as in the other databases: an
+	// UPDATE that writes an unchanged value still found its row.
+	cfg.ClientFoundRows = true
 	connector, err := mysql.NewConnector(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("mysql: %w", err)
