@@ -112,6 +112,11 @@ func (sws *watchStream) recvLoop() error {
 		if err != nil {
 			return err
 		}
+		// Answers carry the store's revision, and a progress response must
+		// follow every event up to it: first catch up with other processes.
+		if err := sws.s.log.Barrier(sws.grpc.Context()); err != nil {
+			sws.s.lg.Warn("watch: catching up with the database failed", "err", err)
+		}
 		switch r := req.RequestUnion.(type) {
 		case *pb.WatchRequest_CreateRequest:
 			if r.CreateRequest != nil && !sws.create(r.CreateRequest) {

@@ -76,6 +76,16 @@ func (v *readView) Range(ctx context.Context, key, end []byte, ro RangeOptions) 
 	return v.l.rangeKeys(ctx, key, end, v.rev, ro, nil)
 }
 
+// Barrier makes this process current with the database: on a shared
+// database it applies, and hands to watchers, everything other processes
+// committed before the call. Elsewhere it does nothing.
+func (l *Log) Barrier(ctx context.Context) error {
+	if !l.be.Shared {
+		return nil
+	}
+	return l.sync(ctx)
+}
+
 // sync catches the index up with the database's committed revision.
 func (l *Log) sync(ctx context.Context) error {
 	start := time.Now()
