@@ -25,9 +25,12 @@ unit:
 conformance:
 	cd conformance && $(GO) test -count=1 -timeout 30m ./...
 
+# In-process benchmarks of the hot paths, then the load generator against a
+# real etcd 3.6 and shimd on SQLite, PostgreSQL and MariaDB, each a separate
+# process (conformance/bench; flags: make bench BENCH_FLAGS='--runs 3 --history 10').
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./server ./sqllog
-	cd conformance && $(GO) test -run '^$$' -bench . -benchmem ./...
+	cd conformance && $(GO) run ./bench $(BENCH_FLAGS)
 
 # etcdctl of the etcd release the conformance suite compares against.
 etcdctl:
@@ -38,3 +41,11 @@ docker:
 
 clean:
 	rm -rf $(BIN)
+
+# A real kube-apiserver and kubectl (built once per Kubernetes version from the
+# Go module proxy into conformance/kube/.cache/bin) on shimd with SQLite (also
+# with --watch-cache=false), PostgreSQL, MariaDB, and on the reference etcd.
+# KUBE_BACKENDS=sqlite make kube runs one; see conformance/kube/README.md.
+.PHONY: kube
+kube:
+	cd conformance/kube && $(GO) test -count=1 -timeout 75m -v -run TestKubeAPIServer .

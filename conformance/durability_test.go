@@ -27,7 +27,7 @@ func TestDurabilityKill9(t *testing.T) {
 	)
 	for _, bk := range harness.Backends() {
 		t.Run(bk.Name, func(t *testing.T) {
-			p, err := harness.StartProcess(sutBin, tempDir(t, "data"), bk, harness.Options{})
+			p, err := harness.StartProcess(sutBin, tempDir(t, "data"), newStore(t, bk).Backend, harness.Options{})
 			if err != nil {
 				t.Fatalf("start %s: %v", sutName, err)
 			}

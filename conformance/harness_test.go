@@ -68,11 +68,56 @@ func runMain(m *testing.M) int {
 			}
 		}
 	}
+	if err := harness.BackendsError(); err != nil {
+		fmt.Fprintf(os.Stderr, "conformance: %v\n", err)
+		return 2
+	}
+	for _, b := range harness.Backends() {
+		if b.Unavailable == nil {
+			continue
+		}
+		if harness.RequireBackends() {
+			fmt.Fprintf(os.Stderr, "conformance: FAIL: %v; its tests fail (%s=1)\n", b.Unavailable, harness.EnvRequireBackends)
+		} else {
+			fmt.Fprintf(os.Stderr, "conformance: NOTICE: %v; its tests are SKIPPED (set %s=1 to fail instead)\n", b.Unavailable, harness.EnvRequireBackends)
+		}
+	}
 	return m.Run()
 }
 
+// needBackend skips the test if b's database is unreachable, or fails it
+// under SHIMD_REQUIRE_BACKENDS=1.
+func needBackend(t testing.TB, b harness.Backend) {
+	t.Helper()
+	if b.Unavailable == nil {
+		return
+	}
+	if harness.RequireBackends() {
+		t.Fatalf("%v (%s=1: unreachable databases are failures)", b.Unavailable, harness.EnvRequireBackends)
+	}
+	t.Skipf("SKIPPED: %v (set %s=1 to make this a failure)", b.Unavailable, harness.EnvRequireBackends)
+}
+
+// newStore creates a fresh empty store on b (a PostgreSQL schema or a MySQL
+// database; nothing for SQLite) and drops it when t ends. The returned
+// store's Backend is what shimd is started on; restarts reuse it.
+func newStore(t testing.TB, b harness.Backend) *harness.Store {
+	t.Helper()
+	needBackend(t, b)
+	st, err := harness.NewStore(b)
+	if err != nil {
+		t.Fatalf("%s: create a fresh store: %v", b.Name, err)
+	}
+	t.Cleanup(func() {
+		if err := st.Drop(); err != nil {
+			t.Errorf("%s: drop store %s: %v", b.Name, st.Name, err)
+		}
+	})
+	return st
+}
+
 // requireSUT skips in -short mode and fails if the server could not be built.
-func requireSUT(t *testing.T) {
+func requireSUT(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("conformance tests start servers; skipped in -short mode")
@@ -128,6 +173,9 @@ func startRef(t *testing.T, o harness.Options) *server {
 func startSUT(t *testing.T, b harness.Backend, o harness.Options, dataDir string) *server {
 	t.Helper()
 	requireSUT(t)
+	if b.Endpoint == "" {
+		b = newStore(t, b).Backend
+	}
 	p, err := harness.StartProcess(sutBin, dataDir, b, o)
 	if err != nil {
 		t.Fatalf("start %s (%s): %v", sutName, b.Name, err)
@@ -188,6 +236,7 @@ func forEachBackend(t *testing.T, o harness.Options, fn func(s *suite)) {
 	requireSUT(t)
 	for _, b := range harness.Backends() {
 		t.Run(b.Name, func(t *testing.T) {
+			needBackend(t, b)
 			s := &suite{t: t, backend: b, opts: o}
 			defer func() {
 				if s.p != nil {
@@ -505,7 +554,7 @@ func sideBySide(ln string, left []string, rn string, right []string) string {
 }
 
 // tempDir is t.TempDir under a name that shows up in failure messages.
-func tempDir(t *testing.T, name string) string {
+func tempDir(t testing.TB, name string) string {
 	d := filepath.Join(t.TempDir(), name)
 	if err := os.MkdirAll(d, 0o700); err != nil {
 		t.Fatal(err)

@@ -273,10 +273,25 @@ func avoidEtcdTxnPanic(r *pb.TxnRequest) {
 			fromKeyDelete = true
 		}
 	})
-	if fromKeyDelete {
+	if !fromKeyDelete {
+		return
+	}
+	hasPut := false
+	walk(r, func(o *pb.RequestOp) {
+		if p := o.GetRequestPut(); p != nil {
+			p.IgnoreValue, p.IgnoreLease = false, false
+			hasPut = true
+		}
+	})
+	// A second etcd 3.6 crash: such a txn can put a key and delete it in one
+	// revision, and compacting at exactly that revision leaves etcd's index
+	// pointing at a purged row ("range failed to find revision pair"). With
+	// puts around, make the deletes single-key (the duplicate-key check then
+	// applies as usual); from-key deletes still run in txns without puts.
+	if hasPut {
 		walk(r, func(o *pb.RequestOp) {
-			if p := o.GetRequestPut(); p != nil {
-				p.IgnoreValue, p.IgnoreLease = false, false
+			if d := o.GetRequestDeleteRange(); d != nil && string(d.RangeEnd) == "\x00" {
+				d.RangeEnd = nil
 			}
 		})
 	}

@@ -76,12 +76,25 @@ func startEtcdOnce(c EtcdConfig) (*Embedded, error) {
 	// Short ticks: a single member elects itself quickly.
 	cfg.TickMs = 10
 	cfg.ElectionMs = 100
+	if c.Options.ElectionMs != 0 {
+		cfg.ElectionMs = c.Options.ElectionMs
+	}
 	cfg.UnsafeNoFsync = c.NoFsync
 	if c.Options.MaxTxnOps != 0 {
 		cfg.MaxTxnOps = c.Options.MaxTxnOps
 	}
 	if c.Options.MaxRequestBytes != 0 {
 		cfg.MaxRequestBytes = c.Options.MaxRequestBytes
+	}
+	if c.Options.QuotaBackendBytes != 0 {
+		cfg.QuotaBackendBytes = c.Options.QuotaBackendBytes
+	}
+	// etcd keeps the interval in a process-wide variable that every server
+	// started with a non-zero value overwrites, so always set it: the
+	// embedded references of later tests must not inherit a short one.
+	cfg.WatchProgressNotifyInterval = 10 * time.Minute
+	if c.Options.WatchProgressNotifyInterval != 0 {
+		cfg.WatchProgressNotifyInterval = c.Options.WatchProgressNotifyInterval
 	}
 	lg := c.Logger
 	if lg == nil {

@@ -38,11 +38,14 @@ func Build(srcDir, pkg, dir, name string) (string, error) {
 
 // Process is a shimd (or shimd-compatible) server running as a subprocess.
 type Process struct {
-	Bin      string
-	DataDir  string
-	Backend  Backend
-	Options  Options
-	Endpoint string // client URL of the current incarnation
+	Bin     string
+	DataDir string
+	Backend Backend
+	Options Options
+	// ExtraArgs are appended to the command line (shimd-only flags such as
+	// --db-poll-interval; the self-test stand-in does not accept them).
+	ExtraArgs []string
+	Endpoint  string // client URL of the current incarnation
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -51,14 +54,19 @@ type Process struct {
 	exit   error
 }
 
-// StartProcess launches bin on dataDir and waits until it serves a Get.
+// StartProcess launches bin on dataDir and waits until it serves a Get. For
+// a server database, b must be a Store's backend (its Endpoint set).
 func StartProcess(bin, dataDir string, b Backend, o Options) (*Process, error) {
 	p := &Process{Bin: bin, DataDir: dataDir, Backend: b, Options: o}
 	return p, p.Start()
 }
 
-// Start (re)launches the server on a fresh port with the same data dir.
+// Start (re)launches the server on a fresh port with the same data dir and
+// store.
 func (p *Process) Start() error {
+	if p.Backend.IsShared() && p.Backend.Endpoint == "" {
+		return fmt.Errorf("backend %s has no store: start shimd on NewStore(backend).Backend", p.Backend.Name)
+	}
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
 		if lastErr = p.startOnce(); lastErr == nil {
@@ -87,12 +95,22 @@ func (p *Process) startOnce() error {
 	if p.Options.MaxRequestBytes != 0 {
 		args = append(args, "--max-request-bytes", strconv.FormatUint(uint64(p.Options.MaxRequestBytes), 10))
 	}
+	if p.Options.QuotaBackendBytes != 0 {
+		args = append(args, "--quota-backend-bytes", strconv.FormatInt(p.Options.QuotaBackendBytes, 10))
+	}
+	if p.Options.WatchProgressNotifyInterval != 0 {
+		args = append(args, "--watch-progress-notify-interval", p.Options.WatchProgressNotifyInterval.String())
+	}
+	args = append(args, p.ExtraArgs...)
 	args = append(args, "--log-level", "warn")
 
 	cmd := exec.Command(p.Bin, args...)
 	stderr := &tailBuffer{max: 64 << 10}
 	cmd.Stdout = stderr
 	cmd.Stderr = stderr
+	if p.Options.ElectionMs != 0 {
+		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", EnvElectionMs, p.Options.ElectionMs))
+	}
 	setProcAttr(cmd)
 	if err := cmd.Start(); err != nil {
 		return err
@@ -194,6 +212,16 @@ func (p *Process) Exited() <-chan struct{} {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.done
+}
+
+// Pid is the process id of the current incarnation (0 before Start).
+func (p *Process) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
 }
 
 // ExitErr is the Wait error of the current incarnation (nil while running).

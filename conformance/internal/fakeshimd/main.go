@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -23,6 +24,8 @@ func main() {
 	endpoint := flag.String("endpoint", "", "ignored: etcd has no SQL backend")
 	maxTxnOps := flag.Uint("max-txn-ops", 0, "max operations per txn (0 = default)")
 	maxReq := flag.Uint("max-request-bytes", 0, "max request size (0 = default)")
+	quota := flag.Int64("quota-backend-bytes", 0, "space quota (0 = default)")
+	progressInterval := flag.Duration("watch-progress-notify-interval", 0, "period of watch progress notifications (0 = default)")
 	logLevel := flag.String("log-level", "warn", "log level")
 	flag.Parse()
 	_ = endpoint
@@ -47,10 +50,19 @@ func main() {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 
+	opts := harness.Options{MaxTxnOps: *maxTxnOps, MaxRequestBytes: *maxReq, QuotaBackendBytes: *quota, WatchProgressNotifyInterval: *progressInterval}
+	if v := os.Getenv(harness.EnvElectionMs); v != "" {
+		ms, err := strconv.ParseUint(v, 10, 32)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "fakeshimd: %s: %v\n", harness.EnvElectionMs, err)
+			os.Exit(2)
+		}
+		opts.ElectionMs = uint(ms)
+	}
 	e, err := harness.StartEtcd(harness.EtcdConfig{
 		Dir:       *dataDir,
 		ClientURL: *listen,
-		Options:   harness.Options{MaxTxnOps: *maxTxnOps, MaxRequestBytes: *maxReq},
+		Options:   opts,
 		Logger:    lg,
 	})
 	if err != nil {

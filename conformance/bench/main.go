@@ -1,0 +1,673 @@
+// Command bench is shimd's performance benchmark: a Kubernetes-like load
+// generator run, back to back, against a real etcd 3.6 and against shimd on
+// SQLite, PostgreSQL and MariaDB, each server in its own process (so that
+// CPU time and peak RSS are the server's alone). It prints one table: per
+// phase and target the throughput or time, p50 and p99, each with its ratio
+// to etcd from the same run.
+//
+// Run it from the conformance module:
+//
+//	cd conformance && go run ./bench [--keys 10000] [--value-size 1024-2048] [--clients 16] \
+//	    [--history 1] [--targets etcd,sqlite,postgres,mariadb] [--runs 1]
+//
+// `make bench` runs it with the defaults. The phases, for each target:
+//
+//  1. create   Txn If mod_revision(key)==0 Then Put, all N keys over C clients
+//  2. history  H−1 rounds of the update below, not measured
+//  3. update   Txn If mod_revision==R Then Put Else Get, each key once
+//  4. get      single-key Range (linearizable), N gets
+//  5. list     paginated prefix LIST, limit 500 (first page at the current
+//     revision, later ones at that revision from the key after the last);
+//     --list-reps times; time per full list
+//  6. count    count_only Range over the prefix, --count-reps times
+//  7. watch    a watcher on the prefix, then --watch-puts puts at
+//     --watch-rate per second; put-to-event latency
+//  8. delete   Txn If mod_revision==R Then DeleteRange, all keys
+//  9. compact  the N keys are created again (not measured, so that there are
+//     live keys), then Compact(current revision, physical) and Defragment
+//     are timed; Status.DbSize / N before compaction and after defrag, and
+//     the database files' size / N (etcd's member/snap/db; SQLite's data dir)
+//  10. rss     the server process's VmHWM at the end
+//
+// By default (--order phase) the servers run side by side and each phase
+// runs on every target in turn, a second apart (--settle), so that a ratio
+// compares two measurements taken under the same machine load; --order
+// target runs one target after the other instead, each alone on the
+// machine. Only one server is under load at any time either way.
+//
+// PostgreSQL and MariaDB stores are fresh (a new schema / database per
+// target and run, dropped afterwards); an unreachable server is skipped with
+// a notice. Every request, phase and target has a timeout.
+//
+// --profile DIR runs shimd's packages inside bench/shimdprof (cmd/shimd's
+// wiring plus a profiler) and writes DIR/run<i>-<target>-<phase>.pprof, a
+// CPU profile of each measured phase, and <target>-heap.pprof at the end;
+// read them with `go tool pprof -top DIR/run1-sqlite-create.pprof`.
+// --shimd-rev HEAD benchmarks the last commit instead of the working tree.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/shimd/shimd/conformance/harness"
+)
+
+type config struct {
+	keys          int
+	vmin, vmax    int
+	clients       int
+	conns         int
+	history       int
+	runs          int
+	targets       []string
+	listReps      int
+	countReps     int
+	watchPuts     int
+	watchRate     float64
+	opTimeout     time.Duration
+	phaseTimeout  time.Duration
+	targetTimeout time.Duration
+	profileDir    string
+	jsonOut       string
+	pgVacuumFull  bool
+	shimdBin      string
+	shimdSrc      string
+	shimdRev      string
+	etcdBin       string
+	workDir       string
+	seed          int64
+	order         string
+	settle        time.Duration
+}
+
+var allTargets = []string{"etcd", "sqlite", "postgres", "mariadb"}
+
+func main() {
+	var cfg config
+	var valueSize, targets string
+	flag.IntVar(&cfg.keys, "keys", 10000, "number of keys N")
+	flag.StringVar(&valueSize, "value-size", "1024-2048", "value size in bytes: V, or MIN-MAX for sizes drawn uniformly (random bytes)")
+	flag.IntVar(&cfg.clients, "clients", 16, "concurrent clients C")
+	flag.IntVar(&cfg.conns, "conns", 1, "gRPC connections the clients share (kube-apiserver multiplexes its requests over one)")
+	flag.IntVar(&cfg.history, "history", 1, "history depth H: writes per key before the measured phases (1 = the create only; H−1 update rounds follow it)")
+	flag.IntVar(&cfg.runs, "runs", 1, "repeat everything this many times and report medians")
+	flag.StringVar(&targets, "targets", strings.Join(allTargets, ","), "comma-separated subset of "+strings.Join(allTargets, ","))
+	flag.IntVar(&cfg.listReps, "list-reps", 10, "full paginated lists in the list phase")
+	flag.IntVar(&cfg.countReps, "count-reps", 100, "count_only requests in the count phase")
+	flag.IntVar(&cfg.watchPuts, "watch-puts", 500, "puts in the watch phase")
+	flag.Float64Var(&cfg.watchRate, "watch-rate", 100, "puts per second in the watch phase")
+	flag.DurationVar(&cfg.opTimeout, "op-timeout", 30*time.Second, "timeout of one request")
+	flag.DurationVar(&cfg.phaseTimeout, "phase-timeout", 5*time.Minute, "timeout of one phase (each history round is a phase)")
+	flag.DurationVar(&cfg.targetTimeout, "target-timeout", 30*time.Minute, "timeout of one target's whole run")
+	flag.StringVar(&cfg.profileDir, "profile", "", "write a CPU profile of shimd per phase into this directory (runs shimd's packages in bench/shimdprof instead of cmd/shimd)")
+	flag.StringVar(&cfg.jsonOut, "json", "", "also write every run's raw numbers to this file")
+	flag.BoolVar(&cfg.pgVacuumFull, "postgres-vacuum-full", true, "start shimd on PostgreSQL with --postgres-vacuum-full, so that Defragment rewrites the tables as etcd's defrag rewrites its file (plain VACUUM returns almost nothing to the filesystem)")
+	flag.StringVar(&cfg.shimdBin, "shimd-bin", os.Getenv("SHIMD_BIN"), "shimd binary to test (default: build ../cmd/shimd)")
+	flag.StringVar(&cfg.shimdSrc, "shimd-src", "", "build shimd from this source tree (default: the repository, ..)")
+	flag.StringVar(&cfg.shimdRev, "shimd-rev", "", "build shimd from this git revision of the repository (git archive into a temp dir), e.g. HEAD to leave uncommitted changes out")
+	flag.StringVar(&cfg.etcdBin, "etcd-bin", "", "etcd binary (default: build ./bench/etcd, etcd 3.6 of this module)")
+	flag.StringVar(&cfg.workDir, "work-dir", "", "where data directories go (default: the system temp dir; must be a real disk, not tmpfs)")
+	flag.StringVar(&cfg.order, "order", "phase", "phase: all targets run at once and each phase runs on every target in turn, so that the same-run ratios compare phases a few seconds apart (fairer on a busy machine); target: one target after the other, each alone on the machine")
+	flag.DurationVar(&cfg.settle, "settle", time.Second, "pause before each phase of each target (lets the previous one's background work, e.g. a database checkpoint, fade)")
+	flag.Int64Var(&cfg.seed, "seed", 1, "seed of the values and sizes")
+	flag.Parse()
+
+	var err error
+	if cfg.vmin, cfg.vmax, err = parseSize(valueSize); err != nil {
+		fatalf("--value-size: %v", err)
+	}
+	if cfg.order != "phase" && cfg.order != "target" {
+		fatalf("--order: want phase or target")
+	}
+	if cfg.keys < 1 || cfg.clients < 1 || cfg.conns < 1 || cfg.history < 1 || cfg.runs < 1 || cfg.listReps < 1 || cfg.countReps < 1 || cfg.watchPuts < 1 || cfg.watchRate <= 0 {
+		fatalf("--keys, --clients, --conns, --history, --runs and the repetition counts must be positive")
+	}
+	seen := map[string]bool{}
+	for _, t := range strings.Split(targets, ",") {
+		t = strings.TrimSpace(t)
+		if t == "" {
+			continue
+		}
+		if t == "pg" || t == "postgresql" {
+			t = "postgres"
+		}
+		if t == "mysql" {
+			t = "mariadb"
+		}
+		if !contains(allTargets, t) {
+			fatalf("--targets: unknown target %q (want %s)", t, strings.Join(allTargets, ","))
+		}
+		seen[t] = true
+	}
+	for _, t := range allTargets { // always in this order, etcd first
+		if seen[t] {
+			cfg.targets = append(cfg.targets, t)
+		}
+	}
+	if len(cfg.targets) == 0 {
+		fatalf("--targets: empty")
+	}
+	if err := run(&cfg); err != nil {
+		fatalf("%v", err)
+	}
+}
+
+func run(cfg *config) error {
+	confDir, err := conformanceDir()
+	if err != nil {
+		return err
+	}
+	binDir, err := os.MkdirTemp("", "shimd-bench-bin-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(binDir)
+	if cfg.workDir == "" {
+		cfg.workDir = os.TempDir()
+	}
+	if cfg.profileDir != "" {
+		if cfg.profileDir, err = filepath.Abs(cfg.profileDir); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(cfg.profileDir, 0o755); err != nil {
+			return err
+		}
+	}
+
+	// Binaries.
+	if contains(cfg.targets, "etcd") && cfg.etcdBin == "" {
+		logf("building bench/etcd (etcd 3.6 server)")
+		if cfg.etcdBin, err = harness.Build(confDir, "./bench/etcd", binDir, "etcd"); err != nil {
+			return err
+		}
+	}
+	needShimd := len(cfg.targets) > 1 || cfg.targets[0] != "etcd"
+	if needShimd && (cfg.profileDir != "" || cfg.shimdBin == "") {
+		if cfg.shimdBin, err = buildShimd(cfg, confDir, binDir); err != nil {
+			return err
+		}
+	}
+
+	// Database servers.
+	backends := map[string]harness.Backend{"etcd": {Name: "etcd", Kind: harness.KindSQLite}, "sqlite": {Name: "sqlite", Kind: harness.KindSQLite}}
+	var notices []string
+	if contains(cfg.targets, "postgres") || contains(cfg.targets, "mariadb") {
+		for _, b := range harness.Backends() {
+			switch {
+			case b.Kind == harness.KindPostgres && backends["postgres"].Name == "":
+				backends["postgres"] = b
+			case b.Kind == harness.KindMySQL && backends["mariadb"].Name == "":
+				backends["mariadb"] = b
+			}
+		}
+	}
+	var targets []string
+	for _, t := range cfg.targets {
+		b, ok := backends[t]
+		switch {
+		case !ok:
+			notices = append(notices, fmt.Sprintf("%s: not configured (%s / %s / %s): skipped", t, harness.EnvPostgres, harness.EnvMySQL, harness.EnvBackends))
+		case b.Unavailable != nil:
+			notices = append(notices, fmt.Sprintf("%s: %v: skipped", t, b.Unavailable))
+		default:
+			targets = append(targets, t)
+		}
+	}
+	for _, n := range notices {
+		fmt.Fprintln(os.Stderr, "bench: NOTICE:", n)
+	}
+	if len(targets) == 0 {
+		return errors.New("no target left to run")
+	}
+
+	rep := &report{cfg: cfg, targets: targets, notices: notices, start: time.Now(), machine: machine()}
+	vals := newValues(cfg)
+	for r := 0; r < cfg.runs; r++ {
+		runRes := map[string]*result{}
+		steps := cfg.steps()
+		if cfg.order == "target" {
+			for _, t := range targets {
+				logf("run %d/%d: %s (load %s)", r+1, cfg.runs, t, loadavg())
+				s := startTarget(cfg, t, backends[t], r, vals)
+				for _, st := range steps {
+					rep.sampleLoad(r)
+					s.step(st)
+				}
+				runRes[t] = s.finish()
+			}
+		} else {
+			var servers []*server
+			for _, t := range targets {
+				logf("run %d/%d: starting %s", r+1, cfg.runs, t)
+				s := startTarget(cfg, t, backends[t], r, vals)
+				if s.failed {
+					fmt.Fprintf(os.Stderr, "bench: %s: %s\n", t, s.res.Err)
+				}
+				servers = append(servers, s)
+			}
+			for _, st := range steps {
+				rep.sampleLoad(r)
+				logf("run %d/%d: %s (load %s)", r+1, cfg.runs, st.name, loadavg())
+				for _, s := range servers {
+					time.Sleep(cfg.settle)
+					s.step(st)
+				}
+			}
+			for _, s := range servers {
+				runRes[s.name] = s.finish()
+			}
+		}
+		rep.sampleLoad(r)
+		rep.runs = append(rep.runs, runRes)
+	}
+	rep.end = time.Now()
+	rep.print(os.Stdout)
+	if cfg.jsonOut != "" {
+		b, _ := json.MarshalIndent(rep.jsonDoc(), "", "  ")
+		if err := os.WriteFile(cfg.jsonOut, b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// result is one target's numbers from one run.
+type result struct {
+	Target  string             `json:"target"`
+	Metrics map[string]float64 `json:"metrics"`
+	Err     string             `json:"error,omitempty"`
+	LoadIn  string             `json:"load_before"`
+	LoadOut string             `json:"load_after"`
+	Wall    float64            `json:"seconds"`
+}
+
+// server is one target's running server and its clients.
+type server struct {
+	name    string
+	res     *result
+	start   time.Time
+	ctx     context.Context // ends at the target's timeout
+	cancel  context.CancelFunc
+	p       *harness.Process
+	l       *load
+	failed  bool
+	cleanup []func() // in reverse order
+}
+
+// startTarget creates the target's store and data dir, starts its server
+// and connects the clients.
+func startTarget(cfg *config, name string, b harness.Backend, runIdx int, vals *values) *server {
+	s := &server{name: name, res: &result{Target: name, Metrics: map[string]float64{}, LoadIn: loadavg()}, start: time.Now()}
+	s.ctx, s.cancel = context.WithTimeout(context.Background(), cfg.targetTimeout)
+	s.cleanup = append(s.cleanup, s.cancel)
+	fail := func(format string, args ...any) *server {
+		s.res.Err = fmt.Sprintf(format, args...)
+		s.failed = true
+		return s
+	}
+	dataDir, err := os.MkdirTemp(cfg.workDir, "shimd-bench-"+name+"-")
+	if err != nil {
+		return fail("%v", err)
+	}
+	s.cleanup = append(s.cleanup, func() { os.RemoveAll(dataDir) })
+	store, err := harness.NewStore(b)
+	if err != nil {
+		return fail("create store: %v", err)
+	}
+	s.cleanup = append(s.cleanup, func() {
+		if err := store.Drop(); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %s: drop store %s: %v\n", name, store.Name, err)
+		}
+	})
+
+	p := &harness.Process{Bin: cfg.shimdBin, DataDir: dataDir, Backend: store.Backend}
+	s.p = p
+	var prof *profiler
+	if name == "etcd" {
+		p.Bin = cfg.etcdBin
+	} else {
+		if b.Kind == harness.KindPostgres && cfg.pgVacuumFull {
+			p.ExtraArgs = append(p.ExtraArgs, "--postgres-vacuum-full")
+		}
+		if cfg.profileDir != "" {
+			port, err := harness.FreePort()
+			if err != nil {
+				return fail("%v", err)
+			}
+			addr := fmt.Sprintf("127.0.0.1:%d", port)
+			p.ExtraArgs = append(p.ExtraArgs, "--pprof-addr", addr)
+			prof = &profiler{addr: addr, dir: cfg.profileDir, prefix: fmt.Sprintf("run%d-%s-", runIdx+1, name)}
+		}
+	}
+	if err := p.Start(); err != nil {
+		return fail("start: %v", err)
+	}
+	s.cleanup = append(s.cleanup, func() {
+		if err := p.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %s: stop: %v\n%s\n", name, err, tail(p.Output(), 2000))
+		}
+	})
+	// A stuck target: kill it when the target's time is up, which fails
+	// every outstanding request.
+	go func() {
+		select {
+		case <-s.ctx.Done():
+			if errors.Is(s.ctx.Err(), context.DeadlineExceeded) {
+				p.Kill()
+			}
+		case <-p.Exited():
+		}
+	}()
+
+	clis := make([]*clientv3.Client, cfg.conns+1) // the last one carries the watch
+	for i := range clis {
+		clis[i], err = clientv3.New(clientv3.Config{
+			Endpoints:   []string{p.Endpoint},
+			DialTimeout: 5 * time.Second,
+			Logger:      zap.NewNop(),
+		})
+		if err != nil {
+			return fail("client: %v", err)
+		}
+		s.cleanup = append(s.cleanup, func() { clis[i].Close() })
+	}
+	s.l = &load{cfg: cfg, clis: clis[:cfg.conns], wcli: clis[cfg.conns], endpoint: p.Endpoint, pid: p.Pid(), vals: vals, m: s.res.Metrics, prof: prof, dataDir: dataDir, kind: kindOf(name), name: name}
+	s.l.rev = make([]int64, cfg.keys)
+	return s
+}
+
+// step runs one phase on the target; a failure ends the target's run.
+func (s *server) step(st step) {
+	if s.failed {
+		return
+	}
+	if err := s.l.step(s.ctx, st); err != nil {
+		s.failed = true
+		s.res.Err = err.Error()
+		if s.ctx.Err() != nil {
+			s.res.Err += fmt.Sprintf(" (target timeout %v)", s.l.cfg.targetTimeout)
+		}
+		select {
+		case <-s.p.Exited():
+			s.res.Err += fmt.Sprintf("; server exited: %v\n%s", s.p.ExitErr(), tail(s.p.Output(), 2000))
+		default:
+		}
+		fmt.Fprintf(os.Stderr, "bench: %s: %s\n", s.name, s.res.Err)
+	}
+}
+
+// finish records the peak RSS, stops the server and removes its store.
+func (s *server) finish() *result {
+	if s.l != nil {
+		s.l.prof.heap()
+	}
+	if s.p != nil && s.p.Pid() != 0 {
+		if hwm, err := vmHWM(s.p.Pid()); err == nil {
+			s.res.Metrics["rss"] = float64(hwm)
+		}
+	}
+	for i := len(s.cleanup) - 1; i >= 0; i-- {
+		s.cleanup[i]()
+	}
+	s.res.LoadOut = loadavg()
+	s.res.Wall = time.Since(s.start).Seconds()
+	return s.res
+}
+
+func kindOf(target string) string {
+	switch target {
+	case "etcd", "sqlite":
+		return target
+	}
+	return "server"
+}
+
+// profiler switches shimdprof's CPU profile on and off around a phase.
+type profiler struct {
+	addr, dir, prefix string
+}
+
+func (pr *profiler) start(phase string) {
+	if pr == nil {
+		return
+	}
+	path := filepath.Join(pr.dir, pr.prefix+phase+".pprof")
+	pr.get("/prof/start?path=" + path)
+}
+
+func (pr *profiler) stop() {
+	if pr == nil {
+		return
+	}
+	pr.get("/prof/stop")
+}
+
+// heap saves the server's heap profile (at the end of the run: for peak
+// RSS).
+func (pr *profiler) heap() {
+	if pr == nil {
+		return
+	}
+	f, err := os.Create(filepath.Join(pr.dir, pr.prefix+"heap.pprof"))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: profiler: %v\n", err)
+		return
+	}
+	defer f.Close()
+	pr.getTo("/debug/pprof/heap", f)
+}
+
+func (pr *profiler) get(path string) { pr.getTo(path, io.Discard) }
+
+func (pr *profiler) getTo(path string, w io.Writer) {
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get("http://" + pr.addr + path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: profiler: %v\n", err)
+		return
+	}
+	io.Copy(w, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		fmt.Fprintf(os.Stderr, "bench: profiler %s: %s\n", path, resp.Status)
+	}
+}
+
+// buildShimd builds cmd/shimd, or bench/shimdprof for --profile, from the
+// repository, --shimd-src or --shimd-rev.
+func buildShimd(cfg *config, confDir, binDir string) (string, error) {
+	repo := filepath.Join(confDir, "..")
+	src := repo
+	if cfg.shimdSrc != "" {
+		src = cfg.shimdSrc
+	}
+	if cfg.shimdRev != "" {
+		src = filepath.Join(binDir, "src")
+		if err := os.MkdirAll(src, 0o755); err != nil {
+			return "", err
+		}
+		logf("exporting shimd at %s", cfg.shimdRev)
+		cmd := exec.Command("sh", "-c", `git -C "$1" archive "$2" | tar -x -C "$3"`, "sh", repo, cfg.shimdRev, src)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", fmt.Errorf("git archive %s: %v\n%s", cfg.shimdRev, err, out)
+		}
+	}
+	src, err := filepath.Abs(src)
+	if err != nil {
+		return "", err
+	}
+	if cfg.profileDir == "" {
+		logf("building cmd/shimd from %s", src)
+		return harness.Build(src, "./cmd/shimd", binDir, "shimd")
+	}
+	logf("building bench/shimdprof (shimd's packages from %s, with a per-phase CPU profiler)", src)
+	// The conformance module requires shimd through replace => ../; point
+	// a copy of go.mod at src instead when it is another tree.
+	args := []string{"build", "-o", filepath.Join(binDir, "shimdprof")}
+	if abs, _ := filepath.Abs(repo); abs != src {
+		modDir := filepath.Join(binDir, "mod")
+		if err := os.MkdirAll(modDir, 0o755); err != nil {
+			return "", err
+		}
+		gomod, err := os.ReadFile(filepath.Join(confDir, "go.mod"))
+		if err != nil {
+			return "", err
+		}
+		gomod = []byte(strings.ReplaceAll(string(gomod), "github.com/shimd/shimd => ../", "github.com/shimd/shimd => "+src))
+		gosum, err := os.ReadFile(filepath.Join(confDir, "go.sum"))
+		if err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(filepath.Join(modDir, "go.mod"), gomod, 0o644); err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(filepath.Join(modDir, "go.sum"), gosum, 0o644); err != nil {
+			return "", err
+		}
+		args = append(args, "-modfile", filepath.Join(modDir, "go.mod"))
+	}
+	cmd := exec.Command("go", append(args, "./bench/shimdprof")...)
+	cmd.Dir = confDir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build bench/shimdprof: %v\n%s", err, out)
+	}
+	return filepath.Join(binDir, "shimdprof"), nil
+}
+
+// conformanceDir finds the conformance module: the working directory or its
+// conformance/ subdirectory.
+func conformanceDir() (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for _, d := range []string{wd, filepath.Join(wd, "conformance")} {
+		if _, err := os.Stat(filepath.Join(d, "bench", "etcd", "main.go")); err == nil {
+			return d, nil
+		}
+	}
+	return "", errors.New("run from the conformance module (cd conformance && go run ./bench) or the repository root")
+}
+
+func parseSize(s string) (int, int, error) {
+	lo, hi, rng := strings.Cut(s, "-")
+	a, err := strconv.Atoi(strings.TrimSpace(lo))
+	if err != nil {
+		return 0, 0, err
+	}
+	b := a
+	if rng {
+		if b, err = strconv.Atoi(strings.TrimSpace(hi)); err != nil {
+			return 0, 0, err
+		}
+	}
+	if a < 0 || b < a {
+		return 0, 0, fmt.Errorf("bad range %q", s)
+	}
+	return a, b, nil
+}
+
+// vmHWM is the process's peak resident set size in bytes.
+func vmHWM(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			f := strings.Fields(rest)
+			if len(f) >= 1 {
+				kb, err := strconv.ParseInt(f[0], 10, 64)
+				return kb << 10, err
+			}
+		}
+	}
+	return 0, errors.New("no VmHWM")
+}
+
+// cpuTime is the process's user+system CPU time.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 {
+		s = s[i+1:]
+	}
+	f := strings.Fields(s)
+	// After the command: state(0) ... utime(11) stime(12), in clock ticks
+	// (USER_HZ, 100 on Linux).
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+st) * 10 * time.Millisecond
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func machine() string {
+	model := "?"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(line, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(rest), ":"))
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%d CPUs (%s), %s/%s, %s", runtime.NumCPU(), model, runtime.GOOS, runtime.GOARCH, runtime.Version())
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: %s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+func fatalf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+	os.Exit(1)
+}

@@ -1,0 +1,395 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+type report struct {
+	cfg        *config
+	targets    []string
+	notices    []string
+	start, end time.Time
+	machine    string
+	runs       []map[string]*result
+	loads      [][]string // per run, the load average before each step and at the end
+}
+
+func (r *report) sampleLoad(run int) {
+	for len(r.loads) <= run {
+		r.loads = append(r.loads, nil)
+	}
+	r.loads[run] = append(r.loads[run], loadavg())
+}
+
+// loadSummary describes the 1-minute load average seen during a run.
+func loadSummary(samples []string) string {
+	if len(samples) == 0 {
+		return "?"
+	}
+	lo, hi := math.Inf(1), math.Inf(-1)
+	for _, s := range samples {
+		f := strings.Fields(s)
+		if len(f) == 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(f[0], 64); err == nil {
+			lo, hi = math.Min(lo, v), math.Max(hi, v)
+		}
+	}
+	return fmt.Sprintf("1-min load %.2f–%.2f (at start %s, at end %s)", lo, hi, samples[0], samples[len(samples)-1])
+}
+
+// row is one line of the table: a metric of a phase.
+type row struct {
+	phase, metric, id string
+	unit              string // how to print the value
+	higher            bool   // higher is better (throughput)
+}
+
+var rows = []row{
+	{"create", "ops/s", "create.ops", "ops", true},
+	{"", "p50 ms", "create.p50", "ms", false},
+	{"", "p99 ms", "create.p99", "ms", false},
+	{"update", "ops/s", "update.ops", "ops", true},
+	{"", "p50 ms", "update.p50", "ms", false},
+	{"", "p99 ms", "update.p99", "ms", false},
+	{"get", "ops/s", "get.ops", "ops", true},
+	{"", "p50 ms", "get.p50", "ms", false},
+	{"", "p99 ms", "get.p99", "ms", false},
+	{"list (full, paginated)", "p50 ms/list", "list.p50", "ms", false},
+	{"", "p99 ms/list", "list.p99", "ms", false},
+	{"count", "p50 ms", "count.p50", "ms", false},
+	{"", "p99 ms", "count.p99", "ms", false},
+	{"watch (put→event)", "p50 ms", "watch.p50", "ms", false},
+	{"", "p99 ms", "watch.p99", "ms", false},
+	{"delete", "ops/s", "delete.ops", "ops", true},
+	{"", "p50 ms", "delete.p50", "ms", false},
+	{"", "p99 ms", "delete.p99", "ms", false},
+	{"compact (physical)", "ms", "compact.ms", "ms", false},
+	{"defrag", "ms", "defrag.ms", "ms", false},
+	{"disk", "DbSize B/key before compact", "disk.before", "bytes", false},
+	{"", "DbSize B/key after defrag", "disk.after", "bytes", false},
+	{"", "db files B/key after defrag", "files.after", "bytes", false},
+	{"peak RSS", "MiB (VmHWM)", "rss", "mib", false},
+}
+
+var cpuPhases = []string{"create", "update", "get", "list", "count", "watch", "delete", "compact"}
+
+// goal is one of the project's targets, on the median same-run ratio to etcd.
+type goal struct {
+	target, id, label string
+	le                bool // ratio must be ≤ bound (else ≥)
+	bound             float64
+	note              string
+}
+
+var goals = []goal{
+	{"sqlite", "create.ops", "create ops/s", false, 1.0, ""},
+	{"sqlite", "update.ops", "update ops/s", false, 1.0, ""},
+	{"sqlite", "get.ops", "get ops/s", false, 1.0, ""},
+	{"sqlite", "delete.ops", "delete ops/s", false, 1.0, ""},
+	{"sqlite", "list.p50", "full LIST time (p50)", true, 1.0, ""},
+	{"sqlite", "count.p50", "count p50", true, 1.0, ""},
+	{"sqlite", "watch.p99", "watch p99", true, 1.0, ""},
+	{"sqlite", "rss", "peak RSS", true, 0.5, ""},
+	{"sqlite", "disk.after", "DbSize/key after compact+defrag", true, 1.0, ""},
+	{"postgres", "create.ops", "create ops/s", false, 1.0, "2× kine's ≈0.5×"},
+	{"postgres", "update.ops", "update ops/s", false, 1.0, "2× kine's ≈0.5×"},
+	{"postgres", "delete.ops", "delete ops/s", false, 1.0, "2× kine's ≈0.5×"},
+	{"postgres", "list.p50", "full LIST time (p50)", true, 2.0, ""},
+	{"postgres", "count.p50", "count p50", true, 2.0, ""},
+	{"mariadb", "create.ops", "create ops/s", false, 0.48, "2× kine's ≈0.24×"},
+	{"mariadb", "update.ops", "update ops/s", false, 0.48, "2× kine's ≈0.24×"},
+	{"mariadb", "delete.ops", "delete ops/s", false, 0.48, "2× kine's ≈0.24×"},
+	{"mariadb", "list.p50", "full LIST time (p50)", true, 2.0, ""},
+	{"mariadb", "count.p50", "count p50", true, 2.0, ""},
+}
+
+// value is the median over runs of a target's metric.
+func (r *report) value(target, id string) (float64, bool) {
+	var vs []float64
+	for _, run := range r.runs {
+		if res := run[target]; res != nil {
+			if v, ok := res.Metrics[id]; ok {
+				vs = append(vs, v)
+			}
+		}
+	}
+	return median(vs)
+}
+
+// ratio is the median over runs of target/etcd from the same run.
+func (r *report) ratio(target, id string) (float64, bool) {
+	var vs []float64
+	for _, run := range r.runs {
+		t, e := run[target], run["etcd"]
+		if t == nil || e == nil {
+			continue
+		}
+		tv, ok1 := t.Metrics[id]
+		ev, ok2 := e.Metrics[id]
+		if ok1 && ok2 && ev > 0 {
+			vs = append(vs, tv/ev)
+		}
+	}
+	return median(vs)
+}
+
+func median(vs []float64) (float64, bool) {
+	if len(vs) == 0 {
+		return 0, false
+	}
+	sort.Float64s(vs)
+	if len(vs)%2 == 1 {
+		return vs[len(vs)/2], true
+	}
+	return (vs[len(vs)/2-1] + vs[len(vs)/2]) / 2, true
+}
+
+func format(unit string, v float64) string {
+	switch unit {
+	case "ops":
+		return thousands(int64(math.Round(v)))
+	case "bytes":
+		return thousands(int64(math.Round(v)))
+	case "mib":
+		return fmt.Sprintf("%.1f", v/(1<<20))
+	case "ms":
+		switch {
+		case v >= 100:
+			return fmt.Sprintf("%.0f", v)
+		case v >= 10:
+			return fmt.Sprintf("%.1f", v)
+		case v >= 1:
+			return fmt.Sprintf("%.2f", v)
+		default:
+			return fmt.Sprintf("%.3f", v)
+		}
+	}
+	return fmt.Sprint(v)
+}
+
+func thousands(n int64) string {
+	s := fmt.Sprint(n)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
+func (r *report) print(w io.Writer) {
+	cfg := r.cfg
+	fmt.Fprintf(w, "\n## shimd benchmark, %s\n\n", r.start.Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(w, "Machine: %s. ", r.machine)
+	vs := fmt.Sprintf("%d", cfg.vmin)
+	if cfg.vmax != cfg.vmin {
+		vs = fmt.Sprintf("%d–%d", cfg.vmin, cfg.vmax)
+	}
+	fmt.Fprintf(w, "Load: %d keys, values %s B (random), %d clients over %d connection(s), history depth %d, %d run(s)", cfg.keys, vs, cfg.clients, cfg.conns, cfg.history, cfg.runs)
+	if cfg.runs > 1 {
+		fmt.Fprint(w, " (medians; ratios are medians of the same-run ratios)")
+	}
+	fmt.Fprintf(w, "; list ×%d, count ×%d, watch %d puts at %.0f/s.", cfg.listReps, cfg.countReps, cfg.watchPuts, cfg.watchRate)
+	if cfg.order == "phase" {
+		fmt.Fprint(w, " All servers run side by side; each phase runs on each target in turn.")
+	} else {
+		fmt.Fprint(w, " One target after the other.")
+	}
+	fmt.Fprintf(w, " Wall time %s.\n\n", r.end.Sub(r.start).Round(time.Second))
+	fmt.Fprintln(w, "Each cell: value (ratio to etcd of the same run). ops/s: higher is better; times and sizes: lower is better.")
+	fmt.Fprintln(w)
+
+	hdr := []string{"phase", "metric"}
+	hdr = append(hdr, r.targets...)
+	table := [][]string{hdr}
+	for _, rw := range rows {
+		line := []string{rw.phase, rw.metric}
+		any := false
+		for _, t := range r.targets {
+			v, ok := r.value(t, rw.id)
+			if !ok {
+				line = append(line, "—")
+				continue
+			}
+			any = true
+			cell := format(rw.unit, v)
+			if t != "etcd" {
+				if q, ok := r.ratio(t, rw.id); ok {
+					cell += fmt.Sprintf(" (%.2f×)", q)
+				}
+			}
+			line = append(line, cell)
+		}
+		if any {
+			table = append(table, line)
+		}
+	}
+	// Server CPU per phase.
+	for i, ph := range cpuPhases {
+		line := []string{"", ph}
+		if i == 0 {
+			line[0] = "server CPU s"
+		}
+		any := false
+		for _, t := range r.targets {
+			v, ok := r.value(t, ph+".cpu")
+			if !ok {
+				line = append(line, "—")
+				continue
+			}
+			any = true
+			cell := fmt.Sprintf("%.2f", v)
+			if t != "etcd" {
+				if q, ok := r.ratio(t, ph+".cpu"); ok {
+					cell += fmt.Sprintf(" (%.2f×)", q)
+				}
+			}
+			line = append(line, cell)
+		}
+		if any {
+			table = append(table, line)
+		}
+	}
+	writeMarkdown(w, table)
+
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Notes: create/update/delete are kube-apiserver's Txns on mod_revision; get and list are linearizable; list pages by 500 at the first page's revision.")
+	fmt.Fprintln(w, "Disk: the N keys are deleted, then created again (not measured) so that live keys remain; then Compact(current revision, physical) and Defragment;")
+	fmt.Fprintln(w, "DbSize is Maintenance.Status's, divided by N; db files = etcd's member/snap/db or SQLite's data-dir files.")
+	if contains(r.targets, "postgres") && cfg.pgVacuumFull {
+		fmt.Fprintln(w, "PostgreSQL's shimd runs with --postgres-vacuum-full (Defragment = VACUUM FULL, as etcd's defrag rewrites its file).")
+	}
+	fmt.Fprintln(w, "RSS and server CPU are the server process's own (for PostgreSQL and MariaDB, not the database server's).")
+	fmt.Fprintln(w)
+	for i := range r.runs {
+		if i < len(r.loads) {
+			fmt.Fprintf(w, "Machine load during run %d: %s.\n", i+1, loadSummary(r.loads[i]))
+		}
+	}
+	for _, n := range r.notices {
+		fmt.Fprintf(w, "NOTICE: %s\n", n)
+	}
+	for i, run := range r.runs {
+		for _, t := range r.targets {
+			if res := run[t]; res != nil && res.Err != "" {
+				fmt.Fprintf(w, "ERROR (run %d, %s): %s\n", i+1, t, firstLine(res.Err))
+			}
+		}
+	}
+
+	// The project's goals.
+	var lines []string
+	for _, g := range goals {
+		if !contains(r.targets, g.target) || !contains(r.targets, "etcd") {
+			continue
+		}
+		q, ok := r.ratio(g.target, g.id)
+		if !ok {
+			lines = append(lines, fmt.Sprintf("| %s | %s | %s %.2f× | — | no data |", g.target, g.label, cmp(g.le), g.bound))
+			continue
+		}
+		met := q >= g.bound
+		if g.le {
+			met = q <= g.bound
+		}
+		status := "met"
+		if !met {
+			status = "**MISSED**"
+		}
+		goalText := fmt.Sprintf("%s %.2f×", cmp(g.le), g.bound)
+		if g.note != "" {
+			goalText += " (" + g.note + ")"
+		}
+		lines = append(lines, fmt.Sprintf("| %s | %s | %s | %.2f× | %s |", g.target, g.label, goalText, q, status))
+	}
+	if len(lines) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| target | goal | ratio to etcd | measured | |")
+		fmt.Fprintln(w, "| --- | --- | --- | --- | --- |")
+		for _, l := range lines {
+			fmt.Fprintln(w, l)
+		}
+	}
+}
+
+func cmp(le bool) string {
+	if le {
+		return "≤"
+	}
+	return "≥"
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i] + " …"
+	}
+	return s
+}
+
+// writeMarkdown prints an aligned Markdown table.
+func writeMarkdown(w io.Writer, t [][]string) {
+	width := make([]int, len(t[0]))
+	for _, l := range t {
+		for i, c := range l {
+			width[i] = max(width[i], len([]rune(c)))
+		}
+	}
+	for j, l := range t {
+		var b strings.Builder
+		b.WriteString("|")
+		for i, c := range l {
+			pad := width[i] - len([]rune(c))
+			if i >= 2 { // numbers right-aligned
+				b.WriteString(" " + strings.Repeat(" ", pad) + c + " |")
+			} else {
+				b.WriteString(" " + c + strings.Repeat(" ", pad) + " |")
+			}
+		}
+		fmt.Fprintln(w, b.String())
+		if j == 0 {
+			b.Reset()
+			b.WriteString("|")
+			for i := range l {
+				if i >= 2 {
+					b.WriteString(" " + strings.Repeat("-", width[i]-1) + ": |")
+				} else {
+					b.WriteString(" " + strings.Repeat("-", width[i]) + " |")
+				}
+			}
+			fmt.Fprintln(w, b.String())
+		}
+	}
+}
+
+func (r *report) jsonDoc() any {
+	cfg := r.cfg
+	return map[string]any{
+		"start":   r.start,
+		"machine": r.machine,
+		"config": map[string]any{
+			"keys": cfg.keys, "value_min": cfg.vmin, "value_max": cfg.vmax, "clients": cfg.clients, "conns": cfg.conns,
+			"history": cfg.history, "runs": cfg.runs, "list_reps": cfg.listReps, "count_reps": cfg.countReps,
+			"watch_puts": cfg.watchPuts, "watch_rate": cfg.watchRate, "postgres_vacuum_full": cfg.pgVacuumFull,
+			"order": cfg.order, "shimd_rev": cfg.shimdRev, "shimd_src": cfg.shimdSrc,
+		},
+		"targets": r.targets,
+		"notices": r.notices,
+		"runs":    r.runs,
+		"loads":   r.loads,
+	}
+}
