@@ -194,7 +194,7 @@ func maintCapped(c *sc, p string, lease int64, want error) {
 const (
 	quotaBytes = 4 << 20
 	quotaValue = 100 << 10
-	quotaMax   = 400 // puts before giving up: 40 MiB
+	quotaMax   = 800 // puts before giving up: 80 MiB
 )
 
 // TestQuotaDifferential: both servers run with the same small quota. Each

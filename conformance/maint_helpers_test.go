@@ -31,7 +31,7 @@ func maint(s *server) pb.MaintenanceClient {
 // lists, whose member ids legitimately differ between the two servers.
 const maintSelf = "self"
 
-// maintMemberName prints an alarm's member id, or selfMember for self.
+// maintMemberName prints an alarm's member id, or maintSelf for self.
 func maintMemberName(id, self uint64) string {
 	if id == self {
 		return maintSelf
@@ -57,12 +57,15 @@ func maintViewAlarms(r *pb.AlarmResponse) maintAlarmView {
 }
 
 // maintStatusView is the part of a StatusResponse both servers must agree on:
-// dbSize and the raft fields legitimately differ.
+// dbSize and the raft fields legitimately differ, and etcd's storage
+// version changes a while after its start (3.5.0, then 3.6.0).
 type maintStatusView struct {
 	Revision     int64
 	Version      string
 	LeaderIsSelf bool
+	IsLearner    bool
 	DbSizeQuota  int64
+	Downgrade    string
 	Errors       []string
 }
 
@@ -72,7 +75,9 @@ func maintViewStatus(r *pb.StatusResponse) maintStatusView {
 		Revision:     r.GetHeader().GetRevision(),
 		Version:      r.Version,
 		LeaderIsSelf: r.Leader == self,
+		IsLearner:    r.IsLearner,
 		DbSizeQuota:  r.DbSizeQuota,
+		Downgrade:    r.DowngradeInfo.String(),
 	}
 	selfStr := "memberID:" + strconv.FormatUint(self, 10) + " "
 	for _, e := range r.Errors {
@@ -123,7 +128,7 @@ func (c *sc) Alarm(action pb.AlarmRequest_AlarmAction, alarm pb.AlarmType, membe
 // MaintStatus compares the server-independent part of Status.
 func (c *sc) MaintStatus() (maintStatusView, error) {
 	c.t.Helper()
-	resp, err := c.do("Status (compared: revision, version, leader=self, dbSizeQuota, errors)", func(ctx context.Context, s *server) (any, error) {
+	resp, err := c.do("Status (compared: revision, version, leader=self, learner, dbSizeQuota, downgrade, errors)", func(ctx context.Context, s *server) (any, error) {
 		r, err := maint(s).Status(ctx, &pb.StatusRequest{})
 		if err != nil {
 			return nil, err

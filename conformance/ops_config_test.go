@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // shimd's configuration sources: flags, SHIMD_<FLAG> environment variables
@@ -194,4 +196,74 @@ postgres-vacuum-full: false
 			t.Errorf("--listen-metrics-urls %s not healthy", m)
 		}
 	})
+}
+
+// TestOpsSlowRequestLog: with --warning-apply-duration below every request's
+// time, each request is logged with its method and key range, never with a
+// value (values may be secrets), and counted in etcd_server_slow_apply_total.
+func TestOpsSlowRequestLog(t *testing.T) {
+	requireShimd(t, "the slow request log")
+	dir := tempDir(t, "slowlog")
+	u := freeURL(t)
+	p := startRaw(t, dir, []string{"--listen-client-urls", u, "--data-dir", filepath.Join(dir, "d.shimd"),
+		"--warning-apply-duration", "1ns", "--log-format", "json"}, opsEnv(), u+"/health")
+	cli := dialT(t, u)
+	ctx := ctxT(t, time.Minute)
+	secret, secret2 := "TOPSECRET-value-4b1d", "TOPSECRET-compare-9c2e"
+	if _, err := cli.Put(ctx, "/registry/secrets/default/db", secret); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.Value("/registry/secrets/default/db"), "=", secret2)).
+		Then(clientv3.OpPut("/registry/secrets/default/db", secret2)).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Get(ctx, "/registry/pods/", clientv3.WithPrefix()); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{ // method -> key it must name
+		"/etcdserverpb.KV/Put":   "/registry/secrets/default/db",
+		"/etcdserverpb.KV/Txn":   "/registry/secrets/default/db",
+		"/etcdserverpb.KV/Range": "/registry/pods/",
+	}
+	waitFor(t, 10*time.Second, "the three slow requests logged", func() (bool, string) {
+		found := 0
+		for _, l := range strings.Split(p.out.String(), "\n") {
+			var e map[string]any
+			if json.Unmarshal([]byte(l), &e) != nil || e["msg"] != "request took too long" {
+				continue
+			}
+			if k, ok := want[fmt.Sprint(e["method"])]; ok && e["key"] == k && e["level"] == "WARN" {
+				found++
+			}
+		}
+		return found >= 3, clip(p.out.String(), 2000)
+	})
+	if out := p.out.String(); strings.Contains(out, "TOPSECRET") {
+		t.Errorf("a value appears in the log:\n%s", clip(out, 2000))
+	}
+	if l := strings.Split(p.out.String(), "\n"); len(l) > 0 {
+		for _, line := range l {
+			var e map[string]any
+			if msg := strings.TrimSpace(line); msg != "" && json.Unmarshal([]byte(msg), &e) != nil {
+				t.Errorf("--log-format json: a log line is not JSON: %s", msg)
+			}
+		}
+	}
+	if g := mustScrape(t, u+"/metrics")["etcd_server_slow_apply_total"]; g < 3 {
+		t.Errorf("etcd_server_slow_apply_total = %v after 3 slow requests", g)
+	}
+	if e, ok := slowEntry(p.out.String(), "/etcdserverpb.KV/Range"); ok && e["range_end"] != "/registry/pods0" {
+		t.Errorf("the slow Range is logged with range_end %v, want /registry/pods0", e["range_end"])
+	}
+}
+
+// range2 returns the first slow-request log entry of method.
+func slowEntry(out, method string) (map[string]any, bool) {
+	for _, l := range strings.Split(out, "\n") {
+		var e map[string]any
+		if json.Unmarshal([]byte(l), &e) == nil && e["msg"] == "request took too long" && e["method"] == method {
+			return e, true
+		}
+	}
+	return nil, false
 }

@@ -46,9 +46,9 @@ import (
 //     stays up for the following blocks; all are stopped (SIGTERM, clean
 //     exit required) when the document ends.
 //   - Every 127.0.0.1:PORT and localhost:PORT except the databases' 5432 and
-//     3306 is moved to a free port, and ETCDCTL_ENDPOINTS points at the one
-//     standing for 2379. The DSNs docsPostgresDSN and docsMySQLDSN are
-//     replaced by fresh stores on the test's PostgreSQL and MariaDB. If the
+//     3306 is moved to a free port, and etcdctl's default endpoint with
+//     127.0.0.1:2379 (bin/etcdctl adds --endpoints unless given). Each distinct local DSN of the forms in docsDSNRE
+//     becomes a fresh store on the test's PostgreSQL or MariaDB. If the
 //     text mentions 127.0.0.1:12379, an etcd 3.6 listens there (the source
 //     of migration examples).
 func TestOpsDocs(t *testing.T) {
@@ -60,7 +60,7 @@ func TestOpsDocs(t *testing.T) {
 	docs = append([]string{filepath.Join("..", "README.md")}, docs...)
 	ctl := etcdctl(t)
 	for _, doc := range docs {
-		t.Run(filepath.Base(doc), func(t *testing.T) {
+		t.Run(strings.TrimPrefix(doc, "../"), func(t *testing.T) {
 			text, err := os.ReadFile(doc)
 			if err != nil {
 				t.Fatal(err)
@@ -74,11 +74,12 @@ func TestOpsDocs(t *testing.T) {
 	}
 }
 
-// The local development DSNs the docs show; the test swaps in fresh stores.
-const (
-	docsPostgresDSN = "postgres://postgres@127.0.0.1:5432/shimd?sslmode=disable"
-	docsMySQLDSN    = "mysql://root@tcp(127.0.0.1:3306)/shimd"
-)
+// The local development DSNs the docs show: each distinct one (by database
+// name) becomes a fresh store on the test's database server.
+var docsDSNRE = map[harness.Kind]*regexp.Regexp{
+	harness.KindPostgres: regexp.MustCompile(`postgres://postgres@127\.0\.0\.1:5432/[A-Za-z0-9_]+\?sslmode=disable`),
+	harness.KindMySQL:    regexp.MustCompile(`mysql://root@tcp\(127\.0\.0\.1:3306\)/[A-Za-z0-9_]+`),
+}
 
 // docBlock is one runnable block of a document.
 type docBlock struct {
@@ -210,35 +211,48 @@ func runDoc(t *testing.T, text string, blocks []docBlock, ctl string) {
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for name, target := range map[string]string{"shimd": sutBin, "etcdctl": ctl} {
-		abs, err := filepath.Abs(target)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Symlink(abs, filepath.Join(bin, name)); err != nil {
-			t.Fatal(err)
-		}
-	}
 	r := &docRun{t: t, dir: dir, ports: map[string]string{}, servers: map[string]*rawProc{}, dsns: map[string]string{}}
-	for dsn, kind := range map[string]harness.Kind{docsPostgresDSN: harness.KindPostgres, docsMySQLDSN: harness.KindMySQL} {
-		if !strings.Contains(text, dsn) {
-			continue
-		}
-		for _, b := range harness.Backends() {
-			if b.Kind != kind {
+	shimdAbs, err := filepath.Abs(sutBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(shimdAbs, filepath.Join(bin, "shimd")); err != nil {
+		t.Fatal(err)
+	}
+	// etcdctl's default endpoint, 127.0.0.1:2379, moved with the ports.
+	// (ETCDCTL_ENDPOINTS would do, but etcdctl refuses it beside an
+	// explicit --endpoints.)
+	ctlAbs, err := filepath.Abs(ctl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapper := fmt.Sprintf(`#!/bin/sh
+for a in "$@"; do
+  case "$a" in --endpoints|--endpoints=*) exec %q "$@";; esac
+done
+exec %q --endpoints=http://127.0.0.1:%s "$@"
+`, ctlAbs, ctlAbs, r.port("2379"))
+	if err := os.WriteFile(filepath.Join(bin, "etcdctl"), []byte(wrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for kind, re := range docsDSNRE {
+		for _, dsn := range re.FindAllString(text, -1) {
+			if _, done := r.dsns[dsn]; done {
 				continue
 			}
-			if b.Unavailable != nil {
+			for _, b := range harness.Backends() {
+				if b.Kind != kind {
+					continue
+				}
 				needBackend(t, b) // skips (or fails under SHIMD_REQUIRE_BACKENDS)
+				r.dsns[dsn] = newStore(t, b).Backend.Endpoint
 			}
-			r.dsns[dsn] = newStore(t, b).Backend.Endpoint
-		}
-		if r.dsns[dsn] == "" {
-			t.Skipf("the document uses %s and no such backend is configured", dsn)
+			if r.dsns[dsn] == "" {
+				t.Skipf("the document uses %s and no %s backend is configured", dsn, kind)
+			}
 		}
 	}
-	r.env = opsEnv("PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"),
-		"ETCDCTL_ENDPOINTS=http://127.0.0.1:"+r.port("2379"))
+	r.env = opsEnv("PATH=" + bin + string(os.PathListSeparator) + os.Getenv("PATH"))
 	if strings.Contains(text, "127.0.0.1:12379") {
 		e, err := harness.StartEtcd(harness.EtcdConfig{Dir: tempDir(t, "source-etcd"), ClientURL: "http://127.0.0.1:" + r.port("12379"), NoFsync: true})
 		if err != nil {
@@ -261,6 +275,8 @@ func runDoc(t *testing.T, text string, blocks []docBlock, ctl string) {
 	// The document's own server, as `shimd` starts in its directory.
 	r.startServer(0, "shimd", nil, nil)
 
+	ran := 0
+	defer func() { t.Logf("%d of %d blocks run", ran, len(blocks)) }()
 	for _, b := range blocks {
 		if b.skipped != "" {
 			t.Logf("line %d: %s block not run: %s", b.line, b.kind, b.skipped)
@@ -272,6 +288,7 @@ func runDoc(t *testing.T, text string, blocks []docBlock, ctl string) {
 		case "console":
 			r.session(b)
 		}
+		ran++
 		if t.Failed() {
 			return
 		}
@@ -582,15 +599,15 @@ func (r *docRun) session(b docBlock) {
 }
 
 // cleanOutput splits output into lines without trailing blanks, dropping
-// the client library's JSON log lines (etcdctl prints them on retries).
+// etcdctl's JSON log lines (it logs retries and snapshot progress).
 func cleanOutput(out string) []string {
 	var lines []string
 	sc := bufio.NewScanner(strings.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<24)
 	for sc.Scan() {
 		l := strings.TrimRight(sc.Text(), " \t\r")
-		if strings.HasPrefix(l, `{"level":`) && strings.Contains(l, `"logger":"etcd-client"`) {
-			continue
+		if strings.HasPrefix(l, `{"level":"`) && strings.Contains(l, `"ts":"`) {
+			continue // etcdctl's own and its client library's log lines
 		}
 		lines = append(lines, l)
 	}

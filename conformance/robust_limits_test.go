@@ -20,11 +20,12 @@ import (
 
 const mib = 1 << 20
 
-// memWatch samples a process's RSS every 25 ms and keeps the maximum.
+// memWatch samples a process's RSS every 25 ms and keeps the maxima of
+// VmRSS and RssAnon.
 type memWatch struct {
-	max  atomic.Int64
-	stop chan struct{}
-	done chan struct{}
+	max, anon atomic.Int64
+	stop      chan struct{}
+	done      chan struct{}
 }
 
 func watchMem(pid int) *memWatch {
@@ -34,8 +35,13 @@ func watchMem(pid int) *memWatch {
 		t := time.NewTicker(25 * time.Millisecond)
 		defer t.Stop()
 		for {
-			if mem, err := robust.ReadMem(pid); err == nil && mem.RSS > m.max.Load() {
-				m.max.Store(mem.RSS)
+			if mem, err := robust.ReadMem(pid); err == nil {
+				if mem.RSS > m.max.Load() {
+					m.max.Store(mem.RSS)
+				}
+				if mem.Anon > m.anon.Load() {
+					m.anon.Store(mem.Anon)
+				}
 			}
 			select {
 			case <-m.stop:
@@ -196,11 +202,23 @@ func TestRobustStalledWatch(t *testing.T) {
 		t.Errorf("the reading watcher: %v", err)
 	}
 	peak := mw.Stop()
+	peakAnon := mw.anon.Load()
 	after := readMem(t, p)
-	t.Logf("%d MB written in %v (slowest put %v); shimd RSS %d MB before, peak %d MB while writing, %d MB after (VmHWM %d MB)",
-		totalMB, writeTime.Round(time.Millisecond), slowest.Round(time.Millisecond), before.RSS/mib, peak/mib, after.RSS/mib, after.HWM/mib)
-	if grow := peak - before.RSS; grow > 200*mib {
-		t.Errorf("shimd's RSS grew %d MB while %d MB of events were written past a stalled watcher (bound: 200 MB)", grow/mib, totalMB)
+	t.Logf("%d MB written in %v (slowest put %v); shimd VmRSS %d MB before, peak %d MB while writing, %d MB after (VmHWM %d MB); anonymous (RssAnon) %d MB before, peak %d MB",
+		totalMB, writeTime.Round(time.Millisecond), slowest.Round(time.Millisecond), before.RSS/mib, peak/mib, after.RSS/mib, after.HWM/mib, before.Anon/mib, peakAnon/mib)
+	// The bound applies to anonymous memory: file pages of a mapped
+	// database (etcd's bbolt, in the self-test) are the kernel's cache.
+	grow, what := peakAnon-before.Anon, "anonymous memory (RssAnon)"
+	if before.Anon == 0 {
+		grow, what = peak-before.RSS, "RSS"
+	}
+	switch {
+	case grow <= 200*mib:
+	case harness.EnvBool(envSelfTest):
+		// etcd keeps its recent raft entries in memory: no bound to hold it to.
+		t.Logf("self-test: etcd's %s grew %d MB (not checked)", what, grow/mib)
+	default:
+		t.Errorf("the server's %s grew %d MB while %d MB of events were written past a stalled watcher (bound: 200 MB)", what, grow/mib, totalMB)
 	}
 	if slowest > 10*time.Second {
 		t.Errorf("a put took %v: the stalled watcher holds up writes", slowest)

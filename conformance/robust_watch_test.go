@@ -16,13 +16,14 @@ import (
 	"github.com/shimd/shimd/conformance/robust"
 )
 
-// TestRobustWatchProgressOrder: watches created on past revisions (with
-// prev_kv, so that the server has work to do per event) while the client
-// keeps sending RequestProgress on the same stream. etcd answers a progress
-// request only once every watcher of the stream is synced, so each stream
-// must read: created, then every event up to the progress revision, then the
-// progress notification; never a progress notification at R before an event
-// <= R (etcd robustness: "bookmarkable").
+// TestRobustWatchProgressOrder: on one stream, a watcher over a long
+// history (prev_kv: the server has work to do per event) and then a second
+// one from a past revision are created while the client keeps sending
+// RequestProgress. etcd answers a progress request only once every watcher
+// of the stream is synced, so for each watcher the stream must read: its
+// created response, then every event up to a progress notification's
+// revision before that notification; never a progress notification at R
+// before an event <= R (etcd robustness: "bookmarkable").
 func TestRobustWatchProgressOrder(t *testing.T) {
 	requireRobust(t)
 	for _, b := range harness.Backends() {
@@ -40,25 +41,54 @@ func TestRobustWatchProgressOrder(t *testing.T) {
 			}
 			log := robust.Events(full)
 			rnd := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
-			iterations := robustEnvInt("SHIMD_ROBUST_PROGRESS_ITERATIONS", 30)
+			iterations := robustEnvInt("SHIMD_ROBUST_PROGRESS_ITERATIONS", 60)
 			bad, progress := 0, 0
 			for it := 0; it < iterations && bad < 3; it++ {
-				from := 1 + rnd.Int64N(final/2)
-				resps, err := progressRace(ctx, conn, from, final)
+				specs := []progressWatch{
+					{key: "po/", end: "po0", from: 1 + rnd.Int64N(final/4)},
+					{key: "po/0", end: "po/1", from: 1 + rnd.Int64N(final)},
+				}
+				resps, err := progressRace(ctx, conn, specs, final)
 				if err != nil {
 					t.Fatalf("iteration %d: %v", it, err)
 				}
-				_, n, _ := robust.Count(resps)
-				progress += n
-				v := robust.CheckWatch(resps, log, from, final)
-				if !v.Empty() {
-					bad++
-					t.Errorf("iteration %d, watch from revision %d: %v\nresponses: %s", it, from, v.List(), summarize(resps))
+				for i, w := range specs {
+					mine := progressView(resps, i)
+					_, n, _ := robust.Count(mine)
+					progress += n
+					var want []robust.Event
+					for _, e := range log {
+						if e.Key >= w.key && e.Key < w.end {
+							want = append(want, e)
+						}
+					}
+					v := robust.CheckWatch(mine, want, w.from, final)
+					if !v.Empty() {
+						bad++
+						t.Errorf("iteration %d, watcher %d [%s, %s) from revision %d: %v\nits view of the stream: %s", it, i, w.key, w.end, w.from, v.List(), summarize(mine))
+					}
 				}
 			}
-			t.Logf("%d watches from past revisions under a stream of RequestProgress (%d progress notifications); %d broke the order", iterations, progress, bad)
+			t.Logf("%d streams with two watches from past revisions under a stream of RequestProgress (%d progress notifications seen); %d watchers broke the order", iterations, progress, bad)
 		})
 	}
+}
+
+type progressWatch struct {
+	key, end string
+	from     int64
+}
+
+// progressView is watcher i's view of a stream: its own responses and the
+// stream-wide progress notifications (watch id -1), in order.
+func progressView(resps []robust.WatchResp, i int) []robust.WatchResp {
+	var out []robust.WatchResp
+	for _, r := range resps {
+		if r.WatchID == int64(i) || r.Progress && r.WatchID == -1 {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // robustFill writes n puts over keys distinct keys under prefix (values of
@@ -96,20 +126,22 @@ func robustFill(ctx context.Context, t *testing.T, conn *grpc.ClientConn, prefix
 	return final
 }
 
-// progressRace opens a stream, sends create(from, prev_kv) and then a
-// progress request every 2 ms, and reads until the event at final (every
-// watch here gets one: the last put), so that whatever a premature progress
-// notification overtook is recorded too.
-func progressRace(ctx context.Context, conn *grpc.ClientConn, from, final int64) ([]robust.WatchResp, error) {
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+// progressRace opens a stream, creates the watches (ids 0, 1, ...; prev_kv)
+// and then sends a progress request every 2 ms, reading until every watch
+// has its event at final (each gets one: the last put is in all ranges),
+// so that whatever a premature progress notification overtook is recorded.
+func progressRace(ctx context.Context, conn *grpc.ClientConn, watches []progressWatch, final int64) ([]robust.WatchResp, error) {
+	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	stream, err := pb.NewWatchClient(conn).Watch(sctx, grpc.WaitForReady(true))
 	if err != nil {
 		return nil, err
 	}
-	if err := stream.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{
-		Key: []byte("po/"), RangeEnd: []byte("po0"), StartRevision: from, PrevKv: true}}}); err != nil {
-		return nil, err
+	for i, w := range watches {
+		if err := stream.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{
+			Key: []byte(w.key), RangeEnd: []byte(w.end), StartRevision: w.from, PrevKv: true, WatchId: int64(i)}}}); err != nil {
+			return nil, err
+		}
 	}
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -132,21 +164,27 @@ func progressRace(ctx context.Context, conn *grpc.ClientConn, from, final int64)
 	defer wg.Wait()
 	defer close(done)
 	var out []robust.WatchResp
-	var last int64
-	for last < final {
+	last := make([]int64, len(watches))
+	for {
+		all := true
+		for _, l := range last {
+			all = all && l >= final
+		}
+		if all {
+			return out, nil
+		}
 		resp, err := stream.Recv()
 		if err != nil {
 			return out, fmt.Errorf("recv after %d responses: %w", len(out), err)
 		}
-		wr := robust.WatchResp{Rev: resp.Header.GetRevision(), Created: resp.Created, Canceled: resp.Canceled, CancelReason: resp.CancelReason}
-		for _, e := range resp.Events {
-			wr.Events = append(wr.Events, robust.FromPBEvent(e))
-			last = e.Kv.ModRevision
+		wr := robust.ToWatchResp(0, resp)
+		if id := resp.WatchId; id >= 0 && id < int64(len(last)) {
+			for _, e := range resp.Events {
+				last[id] = max(last[id], e.Kv.ModRevision)
+			}
 		}
-		wr.Progress = len(resp.Events) == 0 && !resp.Created && !resp.Canceled && resp.CompactRevision == 0
 		out = append(out, wr)
 	}
-	return out, nil
 }
 
 func summarize(resps []robust.WatchResp) string {

@@ -33,7 +33,9 @@ func (s *Server) Health(ctx context.Context, exclude map[string]bool) (bool, str
 	return true, ""
 }
 
-// healthLoop keeps the grpc.health.v1 status in step with Health.
+// healthLoop keeps the grpc.health.v1 status in step with Health, and
+// etcd_server_has_leader with whether the database answers: an alarm needs
+// an operator, and must not fire etcd's "no leader" alert.
 func (s *Server) healthLoop(ctx context.Context, hs *health.Server) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -44,11 +46,13 @@ func (s *Server) healthLoop(ctx context.Context, hs *health.Server) {
 			status = healthpb.HealthCheckResponse_NOT_SERVING
 		}
 		hs.SetServingStatus("", status)
-		if ok {
+		pctx, cancel := context.WithTimeout(ctx, healthTimeout)
+		if s.log.Ping(pctx) == nil {
 			hasLeaderGauge.Set(1)
 		} else {
 			hasLeaderGauge.Set(0)
 		}
+		cancel()
 		select {
 		case <-ctx.Done():
 			hs.Shutdown()
@@ -58,8 +62,55 @@ func (s *Server) healthLoop(ctx context.Context, hs *health.Server) {
 	}
 }
 
+// check is one named check of /livez or /readyz; it returns "" when fine.
+type check struct {
+	name string
+	run  func(ctx context.Context) string
+}
+
+// checks answers like etcd 3.6's /livez and /readyz: "ok", or with
+// ?verbose one line per check; ?exclude=NAME skips a check; 503 and the
+// failed checks when one fails.
+func checks(endpoint string, list []check) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
+		defer cancel()
+		exclude := map[string]bool{}
+		for _, e := range r.URL.Query()["exclude"] {
+			exclude[e] = true
+		}
+		var b strings.Builder
+		failed := false
+		for _, c := range list {
+			if exclude[c.name] {
+				fmt.Fprintf(&b, "[+]%s excluded: ok\n", c.name)
+				continue
+			}
+			if reason := c.run(ctx); reason != "" {
+				failed = true
+				fmt.Fprintf(&b, "[-]%s failed: %s\n", c.name, reason)
+			} else {
+				fmt.Fprintf(&b, "[+]%s ok\n", c.name)
+			}
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		if failed {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "%s%s check failed\n", b.String(), endpoint)
+			return
+		}
+		if _, verbose := r.URL.Query()["verbose"]; verbose {
+			fmt.Fprintf(w, "%sok\n", b.String())
+			return
+		}
+		fmt.Fprint(w, "ok\n")
+	}
+}
+
 // HTTPHandler serves etcd's HTTP endpoints beside gRPC: /health (etcd's JSON),
-// /livez and /readyz, /version and, if metrics is set, /metrics.
+// /livez and /readyz (etcd 3.6's checks), /version and, if metrics is set,
+// /metrics.
 func (s *Server) HTTPHandler(metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
@@ -74,38 +125,29 @@ func (s *Server) HTTPHandler(metrics http.Handler) http.Handler {
 		}
 		json.NewEncoder(w).Encode(map[string]string{"health": fmt.Sprint(ok), "reason": reason})
 	})
-	// /livez asks only whether the database answers: a raised alarm needs an
-	// operator, not a restart. /readyz also fails on alarms.
-	check := func(name string, alarms bool) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			var ok bool
-			var reason string
-			if alarms {
-				ok, reason = s.Health(r.Context(), nil)
-			} else {
-				ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
-				err := s.log.Ping(ctx)
-				cancel()
-				ok = err == nil
-				if !ok {
-					reason = "DATABASE UNREACHABLE: " + err.Error()
-				}
-			}
-			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			if !ok {
-				w.WriteHeader(http.StatusServiceUnavailable)
-				fmt.Fprintf(w, "[-]database failed: %s\n%s check failed\n", reason, name)
-				return
-			}
-			if _, verbose := r.URL.Query()["verbose"]; verbose {
-				fmt.Fprintf(w, "[+]database ok\n%s check passed\n", name)
-				return
-			}
-			fmt.Fprint(w, "ok")
+	// A read answers when the database does: shimd's serializable and
+	// linearizable reads both need it.
+	read := func(ctx context.Context) string {
+		if err := s.log.Ping(ctx); err != nil {
+			return "database unreachable: " + err.Error()
 		}
+		return ""
 	}
-	mux.HandleFunc("/livez", check("livez", false))
-	mux.HandleFunc("/readyz", check("readyz", true))
+	corruption := func(ctx context.Context) string {
+		for _, a := range s.log.Alarms() {
+			if pb.AlarmType(a.Type) == pb.AlarmType_CORRUPT {
+				return "alarm CORRUPT"
+			}
+		}
+		return ""
+	}
+	mux.HandleFunc("/livez", checks("livez", []check{{"serializable_read", read}}))
+	mux.HandleFunc("/readyz", checks("readyz", []check{
+		{"data_corruption", corruption},
+		{"serializable_read", read},
+		{"linearizable_read", read},
+		{"non_learner", func(context.Context) string { return "" }},
+	}))
 	mux.HandleFunc("/version", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]string{"etcdserver": Version, "etcdcluster": strings.Join(strings.Split(Version, ".")[:2], ".") + ".0"})

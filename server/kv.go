@@ -48,6 +48,9 @@ func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 	}
 	var resp *pb.PutResponse
 	err := k.s.log.Write(ctx, func(tw *sqllog.TxnWrite) error {
+		if err := k.s.checkCorrupt(); err != nil {
+			return err
+		}
 		if k.s.capped() {
 			return rpctypes.ErrGRPCNoSpace
 		}
@@ -74,6 +77,9 @@ func (k *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*
 	}
 	var resp *pb.DeleteRangeResponse
 	err := k.s.log.Write(ctx, func(tw *sqllog.TxnWrite) error {
+		if err := k.s.checkCorrupt(); err != nil {
+			return err
+		}
 		var err error
 		resp, err = doDelete(ctx, tw, r)
 		return err
@@ -112,6 +118,9 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 			return nil, toGRPC(err)
 		}
 		err = k.s.log.Write(ctx, func(tw *sqllog.TxnWrite) error {
+			if err := k.s.checkCorrupt(); err != nil {
+				return err
+			}
 			if cost > 0 && k.s.capped() {
 				return rpctypes.ErrGRPCNoSpace
 			}
@@ -130,6 +139,9 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 func (k *kvServer) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
 	if err := k.s.checkSize(&pb.InternalRaftRequest{Compaction: r}); err != nil {
 		return nil, toGRPC(err)
+	}
+	if err := k.s.checkCorrupt(); err != nil {
+		return nil, err
 	}
 	done, err := k.s.log.Compact(ctx, r.Revision)
 	if err != nil {

@@ -48,6 +48,9 @@ func (ls *leaseServer) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) 
 	ttl := max(r.TTL, minLeaseTTL)
 	var rev int64
 	err := ls.s.log.Write(ctx, func(tw *sqllog.TxnWrite) error {
+		if err := ls.s.checkCorrupt(); err != nil {
+			return err
+		}
 		if ls.s.capped() {
 			return rpctypes.ErrGRPCNoSpace
 		}
@@ -70,6 +73,9 @@ func (ls *leaseServer) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest
 	}
 	var rev int64
 	err := ls.s.log.Write(ctx, func(tw *sqllog.TxnWrite) error {
+		if err := ls.s.checkCorrupt(); err != nil {
+			return err
+		}
 		if !tw.LeaseExists(r.ID) {
 			return errLeaseNotFound
 		}

@@ -79,7 +79,8 @@ func (m *maintenanceServer) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.
 		if err != nil {
 			return nil, toGRPC(err)
 		}
-		if changed {
+		// Activating an active alarm answers it, as etcd's alarm store does.
+		if changed || r.Action == pb.AlarmRequest_ACTIVATE {
 			resp.Alarms = append(resp.Alarms, alarmMember(a))
 		}
 	}

@@ -75,9 +75,20 @@ func (s *Server) checkQuota(ctx context.Context, cost int) error {
 
 // capped reports whether writes that add data are refused: the NOSPACE
 // alarm is raised on some member.
-func (s *Server) capped() bool {
+func (s *Server) capped() bool { return s.alarmed(pb.AlarmType_NOSPACE) }
+
+// checkCorrupt refuses every write while a CORRUPT alarm is raised, as
+// etcd does; reads go on.
+func (s *Server) checkCorrupt() error {
+	if s.alarmed(pb.AlarmType_CORRUPT) {
+		return rpctypes.ErrGRPCCorrupt
+	}
+	return nil
+}
+
+func (s *Server) alarmed(t pb.AlarmType) bool {
 	for _, a := range s.log.Alarms() {
-		if a.Type == int32(pb.AlarmType_NOSPACE) {
+		if a.Type == int32(t) {
 			return true
 		}
 	}

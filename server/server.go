@@ -9,6 +9,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"math"
+	"os"
 	"sync"
 	"time"
 
@@ -111,6 +112,10 @@ func New(log *sqllog.Log, cfg Config) *Server {
 	for _, u := range cfg.ClientURLs {
 		h.Write([]byte(u))
 	}
+	// Two processes with the default name listening on 0.0.0.0 would
+	// otherwise share an id (one member row, two auto-compactors).
+	host, _ := os.Hostname()
+	h.Write([]byte(host))
 	ctx, stop := context.WithCancel(context.Background())
 	s := &Server{log: log, cfg: cfg, lg: cfg.Logger, memberID: h.Sum64(), stop: stop}
 	s.quota.bytes = cfg.QuotaBackendBytes

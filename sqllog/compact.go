@@ -35,21 +35,23 @@ func (l *Log) Compact(ctx context.Context, rev int64) (<-chan struct{}, error) {
 	if rev > l.Rev() {
 		return nil, ErrFutureRev
 	}
+	prev := l.CompactRev()
 	if _, err := tx.ExecContext(ctx, l.q(`UPDATE shimd_meta SET compact_rev = ? WHERE id = 1`), rev); err != nil {
 		return nil, fmt.Errorf("record compaction: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("record compaction: %w", err)
 	}
-	return l.compactIndex(rev, true), nil
+	return l.compactIndex(rev, prev, true), nil
 }
 
 // compactIndex compacts the index at rev and, if deleteRows, queues its
-// garbage rows for deletion. Only the process that compacts (or one that
+// garbage rows for deletion, remembering the compaction's hash first when
+// prev (the compact revision before) is known (not -1). Only the process that compacts (or one that
 // starts and finds a compaction unfinished) deletes rows; the others sharing
 // the database only drop them from their index. A crash before the rows are
 // gone is harmless: the next start finds the same garbage.
-func (l *Log) compactIndex(rev int64, deleteRows bool) <-chan struct{} {
+func (l *Log) compactIndex(rev, prev int64, deleteRows bool) <-chan struct{} {
 	l.mu.Lock()
 	garbage, freed := l.idx.compact(rev)
 	l.compactRev = rev
@@ -58,17 +60,24 @@ func (l *Log) compactIndex(rev int64, deleteRows bool) <-chan struct{} {
 	l.mu.Unlock()
 	compactRevGauge.Set(float64(rev))
 	if !deleteRows {
-		garbage = nil
+		return l.compactor.enqueue(compactJob{})
 	}
-	return l.compactor.enqueue(garbage)
+	job := compactJob{ids: garbage}
+	if prev >= 0 {
+		job.rev, job.prev = rev, prev
+	}
+	return l.compactor.enqueue(job)
 }
 
 // deleteChunk bounds the rows deleted in one transaction.
 const deleteChunk = 1000
 
 type compactJob struct {
-	ids  []int64
-	done chan struct{}
+	ids []int64
+	// rev and prev, when set, ask for the compaction's hash to be
+	// remembered before its rows go.
+	rev, prev int64
+	done      chan struct{}
 }
 
 // compactor deletes garbage rows in the background, oldest job first.
@@ -94,10 +103,11 @@ func (c *compactor) stop() {
 	c.wg.Wait()
 }
 
-func (c *compactor) enqueue(ids []int64) <-chan struct{} {
+func (c *compactor) enqueue(job compactJob) <-chan struct{} {
 	done := make(chan struct{})
+	job.done = done
 	c.mu.Lock()
-	c.jobs = append(c.jobs, compactJob{ids: ids, done: done})
+	c.jobs = append(c.jobs, job)
 	c.mu.Unlock()
 	select {
 	case c.wake <- struct{}{}:
@@ -121,6 +131,9 @@ func (c *compactor) run() {
 		}
 		job := c.jobs[0]
 		c.mu.Unlock()
+		if job.rev > 0 {
+			c.l.rememberCompactHash(context.Background(), job.rev, job.prev)
+		}
 		for len(job.ids) > 0 {
 			select {
 			case <-c.quit:

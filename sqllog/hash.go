@@ -22,6 +22,18 @@ type KVHash struct {
 // database and etcd agree for the same history. It returns the current
 // revision too.
 func (l *Log) HashKV(ctx context.Context, rev int64) (KVHash, int64, error) {
+	// A compaction's own hash is remembered, as etcd does for its last ten:
+	// it covers the history up to the compact revision as it was before.
+	if rev > 0 {
+		l.hashMu.Lock()
+		for _, h := range l.compactHashes {
+			if h.Revision == rev {
+				l.hashMu.Unlock()
+				return h, l.Rev(), nil
+			}
+		}
+		l.hashMu.Unlock()
+	}
 	l.mu.RLock()
 	compactRev, curRev := l.compactRev, l.rev
 	if rev > 0 && rev < compactRev {
@@ -35,6 +47,34 @@ func (l *Log) HashKV(ctx context.Context, rev int64) (KVHash, int64, error) {
 	if rev == 0 {
 		rev = curRev
 	}
+	h, err := l.hashKV(ctx, rev, compactRev)
+	return h, curRev, err
+}
+
+// maxCompactHashes is how many compactions' hashes are remembered.
+const maxCompactHashes = 10
+
+// rememberCompactHash records the hash of the history up to rev as it is
+// before the compaction at rev removes anything (prev is the compact
+// revision before it). The compactor calls it before deleting rows.
+func (l *Log) rememberCompactHash(ctx context.Context, rev, prev int64) {
+	l.mu.RLock()
+	h, err := l.hashKV(ctx, rev, prev)
+	if err != nil {
+		l.lg.Warn("hashing the compacted history failed", "revision", rev, "err", err)
+		return
+	}
+	l.hashMu.Lock()
+	l.compactHashes = append(l.compactHashes, h)
+	if len(l.compactHashes) > maxCompactHashes {
+		l.compactHashes = l.compactHashes[1:]
+	}
+	l.hashMu.Unlock()
+}
+
+// hashKV hashes as etcd does with compactRev as the compact revision; the
+// caller holds l.mu for reading, which hashKV releases.
+func (l *Log) hashKV(ctx context.Context, rev, compactRev int64) (KVHash, error) {
 	// keep: each key's latest revision at rev, unless that is a delete.
 	keep := make(map[int64]struct{})
 	l.idx.tree.Ascend(func(ki *keyIndex) bool {
@@ -49,7 +89,7 @@ func (l *Log) HashKV(ctx context.Context, rev int64) (KVHash, int64, error) {
 	h.Write([]byte("key"))
 	rows, err := l.be.Read.QueryContext(ctx, l.q(`SELECT id, rev, sub, kv_key, value, create_rev, version, lease, deleted FROM shimd_log WHERE rev <= ? ORDER BY id`), rev)
 	if err != nil {
-		return KVHash{}, 0, fmt.Errorf("hash: %w", err)
+		return KVHash{}, fmt.Errorf("hash: %w", err)
 	}
 	defer rows.Close()
 	var revBytes [17]byte
@@ -58,7 +98,7 @@ func (l *Log) HashKV(ctx context.Context, rev int64) (KVHash, int64, error) {
 		var kv mvccpb.KeyValue
 		var deleted bool
 		if err := rows.Scan(&id, &kv.ModRevision, &sub, &kv.Key, &kv.Value, &kv.CreateRevision, &kv.Version, &kv.Lease, &deleted); err != nil {
-			return KVHash{}, 0, fmt.Errorf("hash: %w", err)
+			return KVHash{}, fmt.Errorf("hash: %w", err)
 		}
 		if kv.ModRevision <= compactRev {
 			if _, ok := keep[id]; !ok && len(keep) > 0 {
@@ -79,15 +119,20 @@ func (l *Log) HashKV(ctx context.Context, rev int64) (KVHash, int64, error) {
 		}
 		v, err := stored.Marshal()
 		if err != nil {
-			return KVHash{}, 0, err
+			return KVHash{}, err
 		}
 		h.Write(k)
 		h.Write(v)
 	}
 	if err := rows.Err(); err != nil {
-		return KVHash{}, 0, fmt.Errorf("hash: %w", err)
+		return KVHash{}, fmt.Errorf("hash: %w", err)
 	}
-	return KVHash{Hash: h.Sum32(), CompactRevision: compactRev, Revision: rev}, curRev, nil
+	// etcd's compact revision is -1 until the first compaction.
+	reported := compactRev
+	if reported == 0 {
+		reported = -1
+	}
+	return KVHash{Hash: h.Sum32(), CompactRevision: reported, Revision: rev}, nil
 }
 
 // Hash hashes every row of the log and the lease table: a check that two

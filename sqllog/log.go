@@ -52,6 +52,9 @@ type Log struct {
 	values    *valueCache
 	stmts     stmts
 
+	hashMu        sync.Mutex
+	compactHashes []KVHash
+
 	follower sync.WaitGroup
 
 	listenMu  sync.Mutex
@@ -305,7 +308,7 @@ func (l *Log) catchUp(ctx context.Context, q queryer, m meta) error {
 	}
 	if m.compactRev > l.CompactRev() {
 		// Loading at start: finish a compaction a crash interrupted.
-		l.compactIndex(m.compactRev, l.hub.l == nil)
+		l.compactIndex(m.compactRev, -1, l.hub.l == nil)
 	}
 	if m.leaseGen != l.leaseGen {
 		// Another process granted or revoked leases.

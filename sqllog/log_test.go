@@ -265,7 +265,7 @@ func TestCompactResumesAfterCrash(t *testing.T) {
 	l = openAt(t, path)
 	defer l.Close()
 	// Wait for the background deletion through a compaction-queue barrier.
-	<-l.compactor.enqueue(nil)
+	<-l.compactor.enqueue(compactJob{})
 	if n := rowCount(t, l); n != 1 {
 		t.Fatalf("%d rows after restart, want 1: the recorded compaction was not resumed", n)
 	}

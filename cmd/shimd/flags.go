@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -20,33 +21,34 @@ import (
 
 // config is every flag; the names are etcd's where etcd has the flag.
 type config struct {
-	name              string
-	dataDir           string
-	listenClientURLs  string
-	listenMetricsURLs string
-	endpoint          string
-	quotaBackendBytes int64
-	maxRequestBytes   int
-	maxTxnOps         int
-	logLevel          string
-	logFormat         string
-	warningApply      time.Duration
-	keepAliveMinTime  time.Duration
-	keepAliveInterval time.Duration
-	keepAliveTimeout  time.Duration
-	maxStreams        uint
-	progressInterval  time.Duration
-	dbMaxConns        int
-	dbConnectTimeout  time.Duration
-	dbPollInterval    time.Duration
-	pgVacuumFull      bool
-	compactionMode    string
-	compactionRetain  string
-	certFile          string
-	keyFile           string
-	trustedCAFile     string
-	clientCertAuth    bool
-	configFile        string
+	name                string
+	dataDir             string
+	listenClientURLs    string
+	listenMetricsURLs   string
+	advertiseClientURLs string
+	endpoint            string
+	quotaBackendBytes   int64
+	maxRequestBytes     int
+	maxTxnOps           int
+	logLevel            string
+	logFormat           string
+	warningApply        time.Duration
+	keepAliveMinTime    time.Duration
+	keepAliveInterval   time.Duration
+	keepAliveTimeout    time.Duration
+	maxStreams          uint
+	progressInterval    time.Duration
+	dbMaxConns          int
+	dbConnectTimeout    time.Duration
+	dbPollInterval      time.Duration
+	pgVacuumFull        bool
+	compactionMode      string
+	compactionRetain    string
+	certFile            string
+	keyFile             string
+	trustedCAFile       string
+	clientCertAuth      bool
+	configFile          string
 }
 
 const usageHeader = `Usage:
@@ -75,15 +77,16 @@ func newFlagSet(cfg *config, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.name, "name", "default", "Human-readable name for this member.")
 	fs.StringVar(&cfg.dataDir, "data-dir", "", "Path to the data directory (default \"${name}.shimd\"); holds the SQLite database unless --endpoint names another.")
 	fs.StringVar(&cfg.listenClientURLs, "listen-client-urls", "http://127.0.0.1:2379", "List of URLs to listen on for client traffic (gRPC, and HTTP /health, /livez, /readyz, /metrics, /version).")
+	fs.StringVar(&cfg.advertiseClientURLs, "advertise-client-urls", "", "List of this member's client URLs to advertise to the rest of the cluster (default: --listen-client-urls).")
 	fs.StringVar(&cfg.listenMetricsURLs, "listen-metrics-urls", "", "List of additional URLs to listen on that respond to the metrics and health endpoints.")
 	fs.StringVar(&cfg.configFile, "config-file", "", "Path to a YAML file of flag values, keyed by flag name.")
 	// Storage
 	fs.StringVar(&cfg.endpoint, "endpoint", "", "Database to store data in: empty for SQLite in the data dir, sqlite://PATH, postgres://USER@HOST:PORT/DB?sslmode=..., or mysql://USER:PASS@tcp(HOST:PORT)/DB.")
-	fs.IntVar(&cfg.dbMaxConns, "db-max-conns", 16, "Most connections in the database read pool (PostgreSQL, MySQL).")
+	fs.IntVar(&cfg.dbMaxConns, "db-max-conns", 16, "Most connections in the database read pool (PostgreSQL, MySQL); the writer and PostgreSQL's listener use up to 5 more.")
 	fs.DurationVar(&cfg.dbConnectTimeout, "db-connect-timeout", 5*time.Second, "Time allowed to open one database connection.")
 	fs.DurationVar(&cfg.dbPollInterval, "db-poll-interval", sqllog.DefaultPollInterval, "How often a shared database (PostgreSQL, MySQL) is polled for other shimd processes' writes.")
 	fs.BoolVar(&cfg.pgVacuumFull, "postgres-vacuum-full", false, "Make defragment run VACUUM FULL on PostgreSQL: returns all free space to the filesystem, but locks shimd's tables while it runs.")
-	fs.Int64Var(&cfg.quotaBackendBytes, "quota-backend-bytes", 0, "Raise alarms when backend size exceeds the given quota (0 defaults to low space quota).")
+	fs.Int64Var(&cfg.quotaBackendBytes, "quota-backend-bytes", 0, "Raise alarms when backend size exceeds the given quota (0 defaults to etcd's 2 GiB).")
 	fs.StringVar(&cfg.compactionMode, "auto-compaction-mode", compact.ModePeriodic, "Interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for duration based retention, defaulting to hours if no time unit is provided (e.g. '5m'). 'revision' for revision number based retention.")
 	fs.StringVar(&cfg.compactionRetain, "auto-compaction-retention", "0", "Auto compaction retention for mvcc key value store. 0 means disable auto compaction.")
 	// Requests
@@ -103,11 +106,26 @@ func newFlagSet(cfg *config, out io.Writer) *flag.FlagSet {
 	// Logging
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "Configures log level. Only supports debug, info, warn, error.")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "Configures log format. Only supports text, json.")
-	fs.Usage = func() {
-		fmt.Fprint(out, usageHeader)
-		fs.PrintDefaults()
-	}
+	// Errors are reported by the caller in one line; usage only on -h.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	return fs
+}
+
+// printUsage writes the help text, flags spelled --name as in etcd's.
+func printUsage(fs *flag.FlagSet, out io.Writer) {
+	fmt.Fprint(out, usageHeader)
+	fs.VisitAll(func(f *flag.Flag) {
+		name, usage := flag.UnquoteUsage(f)
+		if name != "" {
+			name = " " + name
+		}
+		fmt.Fprintf(out, "  --%s%s\n    \t%s", f.Name, name, usage)
+		if f.DefValue != "" && f.DefValue != "0" && f.DefValue != "false" {
+			fmt.Fprintf(out, " (default %q)", f.DefValue)
+		}
+		fmt.Fprintln(out)
+	})
 }
 
 // parseFlags reads the command line, then fills the flags it left unset from
@@ -116,6 +134,9 @@ func parseFlags(args []string, out io.Writer, getenv func(string) string) (*conf
 	cfg := &config{}
 	fs := newFlagSet(cfg, out)
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(fs, out)
+		}
 		return nil, err
 	}
 	if fs.NArg() > 0 {
@@ -224,6 +245,19 @@ func validate(cfg *config) error {
 	}
 	if list, _ := parseURLs(cfg.listenClientURLs); len(list) == 0 {
 		return fmt.Errorf("--listen-client-urls is empty")
+	}
+	if _, err := parseURLs(cfg.advertiseClientURLs); err != nil {
+		return fmt.Errorf("--advertise-client-urls: %v", err)
+	}
+	if ep := cfg.endpoint; ep != "" {
+		known := false
+		for _, p := range []string{"sqlite://", "file:", "postgres://", "postgresql://", "mysql://"} {
+			known = known || strings.HasPrefix(ep, p)
+		}
+		if !known {
+			scheme, _, _ := strings.Cut(ep, "://")
+			return fmt.Errorf("--endpoint: unsupported database %q (supported: sqlite://, postgres://, mysql://, or empty for SQLite in --data-dir)", scheme)
+		}
 	}
 	return nil
 }

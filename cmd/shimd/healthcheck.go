@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
+	"strings"
 	"time"
 )
 
 // healthcheckCommand is `shimd healthcheck`: it asks a running shimd's
-// /health and exits non-zero unless it says healthy. Container images have
+// /health (or /livez, /readyz) and exits non-zero unless it says healthy. Container images have
 // no curl; this is their HEALTHCHECK.
 func healthcheckCommand(args []string) error {
 	fs := flag.NewFlagSet("shimd healthcheck", flag.ContinueOnError)
@@ -26,12 +28,17 @@ func healthcheckCommand(args []string) error {
 		return err
 	}
 	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	// /health answers etcd's JSON; /livez and /readyz answer text.
 	var h struct{ Health, Reason string }
-	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
-		return fmt.Errorf("%s: %v", *url, err)
+	if json.Unmarshal(body, &h) == nil && h.Health != "" {
+		if h.Health != "true" {
+			return fmt.Errorf("unhealthy: %s", h.Reason)
+		}
+		return nil
 	}
-	if h.Health != "true" {
-		return fmt.Errorf("unhealthy: %s", h.Reason)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("unhealthy: %s: %s", resp.Status, strings.TrimSpace(string(body)))
 	}
 	return nil
 }

@@ -23,7 +23,7 @@ func main() {
 			sub = healthcheckCommand
 		}
 		if sub != nil {
-			if err := sub(os.Args[2:]); err != nil {
+			if err := sub(os.Args[2:]); err != nil && !errors.Is(err, flag.ErrHelp) {
 				fmt.Fprintf(os.Stderr, "shimd %s: %v\n", os.Args[1], err)
 				os.Exit(1)
 			}

@@ -11,12 +11,15 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/shimd/shimd/sqllog"
 )
@@ -99,10 +102,16 @@ func migrate(ctx context.Context, kv pb.KVClient, lc pb.LeaseClient, log *sqllog
 		return 0, 0, 0, err
 	}
 
-	// Leases first, so that keys can be attached; each keeps the time it had left.
+	// Leases first, so that keys can be attached; each keeps the time it had
+	// left. kine has no lease API: there a key's lease id is its TTL in
+	// seconds, and its leases are made as keys need them.
 	ll, err := lc.LeaseLeases(ctx, &pb.LeaseLeasesRequest{})
-	if err != nil {
+	kine := err != nil && (status.Code(err) == codes.Unimplemented || strings.Contains(err.Error(), "not supported"))
+	if err != nil && !kine {
 		return 0, 0, 0, fmt.Errorf("list source leases: %w", err)
+	}
+	if kine {
+		ll = &pb.LeaseLeasesResponse{}
 	}
 	for _, l := range ll.Leases {
 		ttl, err := lc.LeaseTimeToLive(ctx, &pb.LeaseTimeToLiveRequest{ID: l.ID})
@@ -133,6 +142,9 @@ func migrate(ctx context.Context, kv pb.KVClient, lc pb.LeaseClient, log *sqllog
 			err = log.Write(ctx, func(tw *sqllog.TxnWrite) error {
 				copied = 0
 				for _, kv := range page.Kvs {
+					if kine && kv.Lease > 0 && !tw.LeaseExists(kv.Lease) {
+						tw.GrantLease(sqllog.Lease{ID: kv.Lease, TTL: kv.Lease, Expiry: time.Now().Add(time.Duration(kv.Lease) * time.Second)})
+					}
 					// A key whose lease expired while copying is gone at the source too.
 					if kv.Lease != 0 && !tw.LeaseExists(kv.Lease) {
 						continue
@@ -148,6 +160,12 @@ func migrate(ctx context.Context, kv pb.KVClient, lc pb.LeaseClient, log *sqllog
 			keys += copied
 		}
 		if !page.More {
+			// Revisions up to here hold a partial copy, and those before the
+			// source's are empty: compact them so reads there fail as
+			// compacted instead of answering wrongly.
+			if _, err := log.Compact(ctx, log.Rev()); err != nil && !errors.Is(err, sqllog.ErrCompacted) {
+				return keys, leases, rev, err
+			}
 			return keys, leases, rev, nil
 		}
 		key = append(page.Kvs[len(page.Kvs)-1].Key, 0)

@@ -49,6 +49,23 @@ func openBackend(ctx context.Context, cfg *config) (*drivers.Backend, error) {
 	return nil, fmt.Errorf("--endpoint: unsupported database %q (supported: sqlite://, postgres://, mysql://, or empty for SQLite in --data-dir)", scheme)
 }
 
+// shutdownTimeout bounds each step of shutting down.
+const shutdownTimeout = 5 * time.Second
+
+// closeWithin runs close, giving up (and saying so) after shutdownTimeout.
+func closeWithin(lg *slog.Logger, what string, close func() error) {
+	done := make(chan error, 1)
+	go func() { done <- close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			lg.Warn("closing "+what+" failed", "err", err)
+		}
+	case <-time.After(shutdownTimeout):
+		lg.Warn("closing " + what + " timed out; exiting anyway (acknowledged writes are already durable)")
+	}
+}
+
 // openLog opens the database --endpoint names and the log in it.
 func openLog(ctx context.Context, cfg *config, lg *slog.Logger) (*sqllog.Log, error) {
 	be, err := openBackend(ctx, cfg)
@@ -119,10 +136,15 @@ func run(ctx context.Context, cfg *config) error {
 	if err != nil {
 		return err
 	}
-	defer log.Close()
+	// A database that hangs must not keep shimd from exiting.
+	defer closeWithin(lg, "log", log.Close)
 
 	var advertised []string
-	for _, u := range clientURLs {
+	adv, _ := parseURLs(cfg.advertiseClientURLs)
+	if len(adv) == 0 {
+		adv = clientURLs
+	}
+	for _, u := range adv {
 		advertised = append(advertised, u.String())
 	}
 	srv := server.New(log, server.Config{
@@ -139,7 +161,7 @@ func run(ctx context.Context, cfg *config) error {
 		MaxConcurrentStreams:   uint32(cfg.maxStreams),
 		Logger:                 lg,
 	})
-	defer srv.Close()
+	defer closeWithin(lg, "server", func() error { srv.Close(); return nil })
 	retention, revisions, _ := compact.ParseRetention(cfg.compactionMode, cfg.compactionRetain)
 	go compact.Run(ctx, log, compact.Config{
 		Mode: cfg.compactionMode, Retention: retention, Revisions: revisions,

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/shimd/shimd/sqllog"
 )
@@ -17,7 +18,7 @@ import (
 // named by --endpoint, or SQLite in --data-dir.
 func snapshotCommand(args []string) error {
 	out := os.Stderr
-	if len(args) < 2 || args[0] != "restore" {
+	if len(args) < 2 || args[0] != "restore" || strings.HasPrefix(args[1], "-") {
 		return errors.New("usage: shimd snapshot restore FILE [--data-dir DIR | --endpoint DSN]")
 	}
 	file := args[1]

@@ -262,8 +262,10 @@ func Dial(addr string, tc *tls.Config) (*grpc.ClientConn, error) {
 	)
 }
 
-// Mem is a process's resident set (VmRSS) and its peak (VmHWM), in bytes.
-type Mem struct{ RSS, HWM int64 }
+// Mem is a process's resident set (VmRSS), its peak (VmHWM) and its
+// anonymous part (RssAnon: the heap, without file pages such as a mapped
+// database), in bytes.
+type Mem struct{ RSS, HWM, Anon int64 }
 
 // ReadMem reads /proc/pid/status.
 func ReadMem(pid int) (Mem, error) {
@@ -285,6 +287,8 @@ func ReadMem(pid int) (Mem, error) {
 			m.RSS = n << 10
 		case "VmHWM:":
 			m.HWM = n << 10
+		case "RssAnon:":
+			m.Anon = n << 10
 		}
 	}
 	return m, sc.Err()

@@ -57,6 +57,7 @@ func FromPBEvent(e *mvccpb.Event) Event {
 // WatchResp is one response a watcher received.
 type WatchResp struct {
 	Session      int // which stream (a watcher reopens its stream after a fault)
+	WatchID      int64
 	Rev          int64
 	Events       []Event
 	Created      bool
@@ -167,7 +168,7 @@ func (w *Watcher) session1(ctx context.Context, conn *grpc.ClientConn, spec Watc
 		if err != nil {
 			return err
 		}
-		wr := toWatchResp(session, resp)
+		wr := ToWatchResp(session, resp)
 		w.mu.Lock()
 		w.resps = append(w.resps, wr)
 		for _, e := range wr.Events {
@@ -185,9 +186,10 @@ func (w *Watcher) session1(ctx context.Context, conn *grpc.ClientConn, spec Watc
 	}
 }
 
-func toWatchResp(session int, resp *pb.WatchResponse) WatchResp {
+// ToWatchResp converts a response received on stream session.
+func ToWatchResp(session int, resp *pb.WatchResponse) WatchResp {
 	wr := WatchResp{
-		Session: session, Created: resp.Created, Canceled: resp.Canceled,
+		Session: session, WatchID: resp.WatchId, Created: resp.Created, Canceled: resp.Canceled,
 		CancelReason: resp.CancelReason, CompactRev: resp.CompactRevision,
 	}
 	if resp.Header != nil {

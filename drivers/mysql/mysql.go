@@ -131,14 +131,26 @@ const tableList = `'shimd_meta', 'shimd_log', 'shimd_lease', 'shimd_alarm', 'shi
 // inside them; data_free is the part OPTIMIZE TABLE would give back. InnoDB's
 // figures are statistics, refreshed by ANALYZE TABLE and OPTIMIZE TABLE.
 func (dialect) Size(ctx context.Context, db *sql.DB) (int64, int64, error) {
-	var size, free int64
-	q := `SELECT COALESCE(SUM(data_length + index_length + data_free), 0), COALESCE(SUM(data_free), 0)
+	// The tablespace files' sizes are current; the table statistics lag
+	// until ANALYZE. MariaDB and MySQL 8 name the view differently.
+	for _, view := range []string{"INNODB_SYS_TABLESPACES", "INNODB_TABLESPACES"} {
+		var size sql.NullInt64
+		q := `SELECT SUM(FILE_SIZE) FROM information_schema.` + view + ` WHERE NAME IN (` + tablespaces + `)`
+		if err := db.QueryRowContext(ctx, q).Scan(&size); err == nil && size.Valid {
+			return size.Int64, -1, nil
+		}
+	}
+	var size int64
+	q := `SELECT COALESCE(SUM(data_length + index_length + data_free), 0)
 		FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name IN (` + tableList + `)`
-	if err := db.QueryRowContext(ctx, q).Scan(&size, &free); err != nil {
+	if err := db.QueryRowContext(ctx, q).Scan(&size); err != nil {
 		return 0, 0, fmt.Errorf("mysql: size: %w", err)
 	}
 	return size, -1, nil
 }
+
+// tablespaces names shimd's file-per-table tablespaces ("db/table").
+const tablespaces = `CONCAT(DATABASE(), '/shimd_meta'), CONCAT(DATABASE(), '/shimd_log'), CONCAT(DATABASE(), '/shimd_lease'), CONCAT(DATABASE(), '/shimd_alarm'), CONCAT(DATABASE(), '/shimd_member')`
 
 // Defragment runs OPTIMIZE TABLE, which InnoDB performs as an online
 // rebuild: reads and writes go on while it copies.

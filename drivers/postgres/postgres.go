@@ -21,7 +21,7 @@ import (
 const channel = "shimd_log"
 
 // Open connects to the database dsn names: a postgres:// or postgresql://
-// URL, or pgx's key=value form.
+// URL, with pgx's parameters (sslmode, search_path, ...).
 func Open(ctx context.Context, dsn string, opts drivers.Options) (*drivers.Backend, error) {
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
