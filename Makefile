@@ -49,3 +49,21 @@ clean:
 .PHONY: kube
 kube:
 	cd conformance/kube && $(GO) test -count=1 -timeout 75m -v -run TestKubeAPIServer .
+
+# Every fuzz target of the server (request validation and application) and
+# of the revision log (ranges and key encoding against an in-memory model),
+# each for FUZZTIME (make fuzz FUZZTIME=2m). Seed corpora are in
+# server/testdata/fuzz and sqllog/testdata/fuzz (plain `go test` runs them
+# too); an input that fails is written there, and `go test -run
+# 'FuzzName/<file>' ./server` replays it.
+FUZZTIME ?= 20s
+.PHONY: fuzz
+fuzz:
+	@set -e; for pkg in server sqllog; do \
+		list=$$($(GO) test -list '^Fuzz' ./$$pkg); \
+		for fn in $$list; do \
+			case $$fn in Fuzz*) ;; *) continue ;; esac; \
+			echo "== $$pkg $$fn for $(FUZZTIME)"; \
+			$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) ./$$pkg; \
+		done; \
+	done

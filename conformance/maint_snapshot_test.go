@@ -140,6 +140,12 @@ func maintCompareRestored(t *testing.T, orig, restored *server, compactRev int64
 	cur := resp.(*pb.RangeResponse).Header.Revision
 	for rev := compactRev; rev <= cur; rev++ {
 		same(fmt.Sprintf("Range everything at revision %d", rev), all(rev))
+		// At the compact revision itself the original answers from the hash
+		// its compaction remembered (as etcd does); a restored store, like a
+		// restored etcd, has no such memory.
+		if rev == compactRev {
+			continue
+		}
 		same(fmt.Sprintf("HashKV at revision %d", rev), func(ctx context.Context, s *server) (any, error) {
 			return maint(s).HashKV(ctx, &pb.HashKVRequest{Revision: rev})
 		})

@@ -18,6 +18,12 @@ import (
 // named by --endpoint, or SQLite in --data-dir.
 func snapshotCommand(args []string) error {
 	out := os.Stderr
+	for _, a := range args {
+		if a == "-h" || a == "--help" || a == "-help" {
+			fmt.Fprintln(os.Stderr, "usage: shimd snapshot restore FILE [--data-dir DIR | --endpoint DSN]")
+			return flag.ErrHelp
+		}
+	}
 	if len(args) < 2 || args[0] != "restore" || strings.HasPrefix(args[1], "-") {
 		return errors.New("usage: shimd snapshot restore FILE [--data-dir DIR | --endpoint DSN]")
 	}
