@@ -260,7 +260,7 @@ func TestRobustStalledWatch(t *testing.T) {
 	}
 	if outcome == "" {
 		outcome = fmt.Sprintf("caught up with all %d events", events)
-	} else if status.Code(sctx.Err()) != codes.OK && sctx.Err() != nil {
+	} else if sctx.Err() != nil {
 		t.Errorf("the stalled watcher neither caught up nor was cancelled within 2 minutes: %s", outcome)
 	}
 	t.Logf("stalled watcher, once reading again: %s", outcome)
@@ -268,4 +268,3 @@ func TestRobustStalledWatch(t *testing.T) {
 		t.Fatalf("shimd exited: %v\n%s", p.ExitErr(), p.Output())
 	}
 }
-
