@@ -525,33 +525,171 @@ func FuzzTxn(f *testing.F) {
 		if err := r.Unmarshal(data); err != nil || !roundTrips(&pb.InternalRaftRequest{Txn: &r}) {
 			return
 		}
-		ctx := fuzzCtx(t)
-		defer fs.refill(t, false)
-		before := fs.snapshot(t)
-		what := "txn " + shortProto(&r)
-		resp, err := fs.kv.Txn(ctx, &r)
-		if err != nil {
-			requireEtcdError(t, what, err, nil)
-			fs.unchanged(t, what, before)
-			return
-		}
-		after := fs.snapshot(t)
-		switch {
-		case resp.Header.Revision != after.rev:
-			t.Fatalf("%s: header revision %d, store at %d", what, resp.Header.Revision, after.rev)
-		case after.rev == before.rev:
-			if d := before.diff(after); d != "" {
-				t.Fatalf("%s: changed the store without a revision: %s", what, d)
-			}
-		case after.rev != before.rev+1:
-			t.Fatalf("%s: revision %d -> %d", what, before.rev, after.rev)
-		case before.diff(snap{rev: after.rev, kvs: after.kvs}) == "" && len(before.kvs) == len(after.kvs):
-			// A revision with no visible change: puts of identical kvs are
-			// impossible (mod_revision moves), so something must differ.
-			t.Fatalf("%s: took revision %d but changed nothing", what, after.rev)
-		}
-		checkTxnShape(t, what, &r, resp, before)
+		checkTxnRequest(t, fs, &r)
 	})
+}
+
+// FuzzTxnOps is FuzzTxn with the txn built from the input by a small
+// decoder instead of protobuf, so that every input is a txn: nested up to
+// three levels, compares of every target and result (and invalid ones),
+// ranges with revisions, limits and sort options, puts with leases and
+// ignore_* flags, deletes with "\x00" ends, on the populated key space.
+func FuzzTxnOps(f *testing.F) {
+	fs := startFuzzServer(f)
+	f.Add([]byte{})
+	f.Add([]byte{1, 2, 0, 2, 1, 1, 3, 0, 0, 1, 7, 0, 0, 2, 4, 1, 1})
+	f.Add([]byte{0, 3, 1, 5, 1, 0, 0, 3, 2, 2, 9, 1, 0, 1, 4, 4, 1, 2, 0, 8, 0, 0, 1, 3})
+	f.Add([]byte{2, 2, 3, 9, 1, 0, 2, 0, 1, 3, 3, 0, 1, 2, 2, 1, 0, 3, 3, 0, 0, 0, 1, 1, 2, 2, 2, 0, 5, 6, 7})
+	f.Add([]byte("\x01\x04\x00\x03\x02\x00\x01\x00\x02\x06\x01\x00\x00\x03\x03\x01\x03\x00\x07\x02\x01\x02\x02\x00"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		g := &txnGen{b: data, leases: fs.leases}
+		checkTxnRequest(t, fs, g.txn(0))
+	})
+}
+
+// checkTxnRequest sends r: refused, it must get an etcd error and change
+// nothing; accepted, the revision moves by one if and only if something
+// changed, and the response has the shape checkTxnShape checks.
+func checkTxnRequest(t *testing.T, fs *fuzzServer, r *pb.TxnRequest) {
+	ctx := fuzzCtx(t)
+	defer fs.refill(t, false)
+	before := fs.snapshot(t)
+	what := "txn " + shortProto(r)
+	resp, err := fs.kv.Txn(ctx, r)
+	if err != nil {
+		requireEtcdError(t, what, err, nil)
+		fs.unchanged(t, what, before)
+		return
+	}
+	after := fs.snapshot(t)
+	switch {
+	case resp.Header.Revision != after.rev:
+		t.Fatalf("%s: header revision %d, store at %d", what, resp.Header.Revision, after.rev)
+	case after.rev == before.rev:
+		if d := before.diff(after); d != "" {
+			t.Fatalf("%s: changed the store without a revision: %s", what, d)
+		}
+	case after.rev != before.rev+1:
+		t.Fatalf("%s: revision %d -> %d", what, before.rev, after.rev)
+	case before.diff(snap{rev: after.rev, kvs: after.kvs}) == "" && len(before.kvs) == len(after.kvs):
+		// Every put moves a mod_revision and every delete removes a key.
+		t.Fatalf("%s: took revision %d but changed nothing", what, after.rev)
+	}
+	checkTxnShape(t, what, r, resp, before)
+}
+
+// txnGen decodes a txn from fuzz bytes; past the end it reads zeros.
+type txnGen struct {
+	b      []byte
+	i      int
+	leases []int64
+}
+
+func (g *txnGen) next() byte {
+	g.i++
+	if g.i-1 < len(g.b) {
+		return g.b[g.i-1]
+	}
+	return 0
+}
+
+func (g *txnGen) key() []byte {
+	c := g.next()
+	switch {
+	case int(c) < len(fuzzKeys):
+		return []byte(fuzzKeys[c])
+	case c == 0xff:
+		return nil
+	case c >= 0xf0:
+		return []byte{g.next(), g.next()}
+	}
+	return []byte(fmt.Sprintf("new/%d", c%8))
+}
+
+func (g *txnGen) end() []byte {
+	switch g.next() % 4 {
+	case 0:
+		return nil
+	case 1:
+		return []byte{0}
+	}
+	return g.key()
+}
+
+func (g *txnGen) num() int64 {
+	switch c := g.next(); c {
+	case 0xff:
+		return 1 << 40
+	case 0xfe:
+		return -1
+	default:
+		return int64(c % 32)
+	}
+}
+
+func (g *txnGen) txn(depth int) *pb.TxnRequest {
+	r := &pb.TxnRequest{}
+	for n := g.next() % 3; n > 0; n-- {
+		r.Compare = append(r.Compare, g.compare())
+	}
+	for n := g.next() % 4; n > 0; n-- {
+		r.Success = append(r.Success, g.op(depth))
+	}
+	for n := g.next() % 3; n > 0; n-- {
+		r.Failure = append(r.Failure, g.op(depth))
+	}
+	return r
+}
+
+func (g *txnGen) compare() *pb.Compare {
+	c := &pb.Compare{Key: g.key(), RangeEnd: g.end(), Target: pb.Compare_CompareTarget(g.next() % 6), Result: pb.Compare_CompareResult(g.next() % 5)}
+	switch c.Target {
+	case pb.Compare_VERSION:
+		c.TargetUnion = &pb.Compare_Version{Version: g.num()}
+	case pb.Compare_CREATE:
+		c.TargetUnion = &pb.Compare_CreateRevision{CreateRevision: g.num()}
+	case pb.Compare_MOD:
+		c.TargetUnion = &pb.Compare_ModRevision{ModRevision: g.num()}
+	case pb.Compare_VALUE:
+		c.TargetUnion = &pb.Compare_Value{Value: []byte(fmt.Sprintf("v%d", g.next()%12))}
+	case pb.Compare_LEASE:
+		c.TargetUnion = &pb.Compare_Lease{Lease: g.lease()}
+	}
+	return c
+}
+
+func (g *txnGen) lease() int64 {
+	switch c := g.next() % 5; c {
+	case 0, 1:
+		return 0
+	case 2, 3:
+		return g.leases[int(c)%len(g.leases)]
+	}
+	return 0x7eadbeef
+}
+
+func (g *txnGen) op(depth int) *pb.RequestOp {
+	switch c := g.next() % 6; {
+	case c == 0:
+		rr := &pb.RangeRequest{Key: g.key(), RangeEnd: g.end(), Limit: g.num(), Revision: g.num(),
+			SortOrder: pb.RangeRequest_SortOrder(g.next() % 4), SortTarget: pb.RangeRequest_SortTarget(g.next() % 6)}
+		f := g.next()
+		rr.CountOnly, rr.KeysOnly = f&1 != 0, f&2 != 0
+		return &pb.RequestOp{Request: &pb.RequestOp_RequestRange{RequestRange: rr}}
+	case c == 1 || c == 2:
+		p := &pb.PutRequest{Key: g.key(), Lease: g.lease()}
+		f := g.next()
+		if f&8 == 0 {
+			p.Value = []byte(fmt.Sprintf("w%d", g.next()))
+		}
+		p.PrevKv, p.IgnoreValue, p.IgnoreLease = f&1 != 0, f&2 != 0, f&4 != 0
+		return &pb.RequestOp{Request: &pb.RequestOp_RequestPut{RequestPut: p}}
+	case c == 3:
+		return &pb.RequestOp{Request: &pb.RequestOp_RequestDeleteRange{RequestDeleteRange: &pb.DeleteRangeRequest{Key: g.key(), RangeEnd: g.end(), PrevKv: g.next()%2 == 0}}}
+	case c == 4 && depth < 3:
+		return &pb.RequestOp{Request: &pb.RequestOp_RequestTxn{RequestTxn: g.txn(depth + 1)}}
+	}
+	return &pb.RequestOp{} // an op with no request
 }
 
 // checkTxnShape checks the branch taken (compares evaluated on the state

@@ -46,6 +46,8 @@ type watchStream struct {
 	prevKV  map[int64]bool
 	fragOK  map[int64]bool
 	maxSize int
+	// sendErr ends the stream when an event cannot be sent whole.
+	sendErr chan error
 }
 
 func (w *watchServer) Watch(stream pb.Watch_WatchServer) error {
@@ -59,6 +61,7 @@ func (w *watchServer) Watch(stream pb.Watch_WatchServer) error {
 		prevKV:  make(map[int64]bool),
 		fragOK:  make(map[int64]bool),
 		maxSize: w.s.cfg.MaxRequestBytes + grpcOverheadBytes,
+		sendErr: make(chan error, 1),
 	}
 	sws.wg.Add(1)
 	go func() {
@@ -75,6 +78,7 @@ func (w *watchServer) Watch(stream pb.Watch_WatchServer) error {
 	select {
 	case err = <-errc:
 		close(sws.ctrl)
+	case err = <-sws.sendErr:
 	case <-stream.Context().Done():
 		err = stream.Context().Err()
 	}
@@ -196,6 +200,9 @@ func (sws *watchStream) create(c *pb.WatchCreateRequest) bool {
 func (sws *watchStream) sendLoop() {
 	created := make(map[int64]bool)
 	pending := make(map[int64][]*pb.WatchResponse)
+	// A stream-wide progress response must not overtake events held back
+	// for a watch whose created response has not gone out yet.
+	var heldProgress *pb.WatchResponse
 	interval := sws.s.cfg.ProgressNotifyInterval
 	ticker := time.NewTicker(interval + time.Duration(rand.Int64N(int64(interval)/10+1)))
 	defer ticker.Stop()
@@ -205,7 +212,16 @@ func (sws *watchStream) sendLoop() {
 			if !ok {
 				return
 			}
-			wr := sws.response(wresp)
+			wr, err := sws.response(wresp)
+			if err != nil {
+				// The client resumes from its last revision and gets whole events.
+				sws.sendErr <- err
+				return
+			}
+			if wresp.WatchID == sqllog.InvalidWatchID && len(pending) > 0 {
+				heldProgress = wr
+				continue
+			}
 			if wresp.WatchID != sqllog.InvalidWatchID && !created[wresp.WatchID] {
 				pending[wresp.WatchID] = append(pending[wresp.WatchID], wr)
 				continue
@@ -232,6 +248,12 @@ func (sws *watchStream) sendLoop() {
 					}
 				}
 				delete(pending, c.WatchId)
+				if heldProgress != nil && len(pending) == 0 {
+					if !sws.send(sqllog.InvalidWatchID, heldProgress) {
+						return
+					}
+					heldProgress = nil
+				}
 			}
 		case <-ticker.C:
 			sws.mu.Lock()
@@ -248,9 +270,15 @@ func (sws *watchStream) sendLoop() {
 	}
 }
 
+// prevKVAttempts bounds the lookups of one prev_kv before the stream is
+// ended (a database connection just died, say).
+const prevKVAttempts = 3
+
 // response turns a log watch response into the wire form, adding prev_kv
-// where asked: the key as it was one revision before the event.
-func (sws *watchStream) response(wresp sqllog.WatchResponse) *pb.WatchResponse {
+// where asked: the key as it was one revision before the event. As in etcd
+// an event whose previous revision is compacted goes without; one whose
+// lookup fails otherwise is not sent incomplete.
+func (sws *watchStream) response(wresp sqllog.WatchResponse) (*pb.WatchResponse, error) {
 	sws.mu.Lock()
 	needPrev := sws.prevKV[wresp.WatchID]
 	sws.mu.Unlock()
@@ -258,8 +286,19 @@ func (sws *watchStream) response(wresp sqllog.WatchResponse) *pb.WatchResponse {
 	for i := range wresp.Events {
 		ev := wresp.Events[i]
 		if needPrev && !(ev.Type == mvccpb.PUT && ev.Kv.CreateRevision == ev.Kv.ModRevision) {
-			if kv, err := sws.s.log.KVAt(context.Background(), ev.Kv.Key, ev.Kv.ModRevision-1); err == nil && kv != nil {
+			var kv *mvccpb.KeyValue
+			var err error
+			for attempt := 0; attempt < prevKVAttempts; attempt++ {
+				if kv, err = sws.s.log.KVAt(sws.grpc.Context(), ev.Kv.Key, ev.Kv.ModRevision-1); err == nil || errors.Is(err, sqllog.ErrCompacted) {
+					break
+				}
+				time.Sleep(time.Duration(attempt+1) * 50 * time.Millisecond)
+			}
+			switch {
+			case err == nil:
 				ev.PrevKv = kv
+			case !errors.Is(err, sqllog.ErrCompacted):
+				return nil, toGRPC(err)
 			}
 		}
 		events[i] = &ev
@@ -270,7 +309,7 @@ func (sws *watchStream) response(wresp sqllog.WatchResponse) *pb.WatchResponse {
 		Events:          events,
 		CompactRevision: wresp.CompactRevision,
 		Canceled:        wresp.CompactRevision != 0,
-	}
+	}, nil
 }
 
 // send writes wr, split into fragments if the watcher allows it and it is

@@ -19,9 +19,10 @@ const (
 	syncRetry = 10 * time.Millisecond
 	// historyRows bounds the rows read from the database per catch-up pass.
 	historyRows = 10000
-	// cacheEvents is how many recent events are kept in memory, so that
-	// watchers a little behind catch up without reading the database.
+	// cacheEvents and cacheBytes bound the recent events kept in memory, so
+	// that watchers a little behind catch up without reading the database.
 	cacheEvents = 8192
+	cacheBytes  = 32 << 20
 )
 
 // hub is the one log follower of a process: it fans each committed revision
@@ -277,25 +278,37 @@ func (h *hub) history(from, to int64) ([]mvccpb.Event, int64, error) {
 type eventCache struct {
 	revs  []cachedRev
 	count int
+	bytes int
 	// floor is the revision from which the cache is complete; 0 when empty.
 	floor int64
 }
 
 type cachedRev struct {
-	rev int64
-	evs []mvccpb.Event
+	rev   int64
+	evs   []mvccpb.Event
+	bytes int
 }
 
 func (c *eventCache) add(rev int64, evs []mvccpb.Event) {
 	if c.floor == 0 {
 		c.floor = rev
 	}
-	c.revs = append(c.revs, cachedRev{rev, evs})
+	size := 0
+	for _, ev := range evs {
+		size += len(ev.Kv.Key) + len(ev.Kv.Value) + 64
+	}
+	c.revs = append(c.revs, cachedRev{rev, evs, size})
 	c.count += len(evs)
-	for c.count > cacheEvents && len(c.revs) > 1 {
+	c.bytes += size
+	for (c.count > cacheEvents || c.bytes > cacheBytes) && len(c.revs) > 0 {
 		c.count -= len(c.revs[0].evs)
+		c.bytes -= c.revs[0].bytes
 		c.floor = c.revs[0].rev + 1
+		c.revs[0] = cachedRev{}
 		c.revs = c.revs[1:]
+	}
+	if len(c.revs) == 0 {
+		c.floor = rev + 1
 	}
 }
 

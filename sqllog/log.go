@@ -303,6 +303,11 @@ func (l *Log) catchUp(ctx context.Context, q queryer, m meta) error {
 		l.mu.Unlock()
 		currentRevGauge.Set(float64(m.rev))
 		if !loading {
+			for _, c := range batch {
+				if !c.e.tombstone() {
+					l.values.put(c.e.id, c.Value)
+				}
+			}
 			l.notifyWatchers(batch)
 		}
 	}
