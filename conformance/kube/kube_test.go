@@ -19,6 +19,8 @@ import (
 // Settings (environment):
 //
 //	KUBE_BACKENDS   comma-separated runs, default defaultBackends.
+//	                A "-mtls" suffix (e.g. sqlite-mtls) serves shimd over https with
+//	                client certificates, which kube-apiserver presents.
 //	                A "-nocache" suffix (e.g. sqlite-nocache) runs kube-apiserver
 //	                with --watch-cache=false, so every list and watch goes
 //	                to the storage directly.
@@ -33,7 +35,7 @@ import (
 //
 // Every run leaves its logs (kube-apiserver.log, backend log, kubectl.log,
 // health.log, storage-errors.txt) in .cache/runs/<time>/<run>/.
-const defaultBackends = "sqlite,sqlite-nocache,postgres,mariadb,etcd"
+const defaultBackends = "sqlite,sqlite-nocache,sqlite-mtls,postgres,mariadb,etcd"
 
 var (
 	binsOnce sync.Once
@@ -221,14 +223,15 @@ func newBackend(t *testing.T, kind, dir string, b *Binaries) *Backend {
 			be.cleanup = func() error { _, err := mysql("DROP DATABASE IF EXISTS " + db); return err }
 		}
 	default:
-		t.Fatalf("unknown backend %q (want sqlite, postgres, mariadb or etcd, optionally with -nocache)", kind)
+		t.Fatalf("unknown backend %q (want sqlite, postgres, mariadb or etcd, optionally with -nocache or -mtls)", kind)
 	}
 	return be
 }
 
 func runKube(t *testing.T, name string) {
 	b := binaries(t)
-	kind, noCache := strings.CutSuffix(name, "-nocache")
+	kind, mTLS := strings.CutSuffix(name, "-mtls")
+	kind, noCache := strings.CutSuffix(kind, "-nocache")
 	dir := filepath.Join(runRoot, name)
 	if err := os.MkdirAll(filepath.Join(dir, "pki"), 0o755); err != nil {
 		t.Fatal(err)
@@ -245,6 +248,12 @@ func runKube(t *testing.T, name string) {
 	pki, err := newPKI(filepath.Join(dir, "pki"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if mTLS {
+		if kind == "etcd" {
+			t.Fatal("the -mtls variant is for shimd backends")
+		}
+		be.TLS = pki
 	}
 	start := time.Now()
 	if err := be.Start(); err != nil {
@@ -264,6 +273,10 @@ func runKube(t *testing.T, name string) {
 	}
 	if noCache {
 		extra = append(extra, "--watch-cache=false")
+	}
+	if mTLS {
+		// kube-apiserver to shimd over mutual TLS, as to a secured etcd.
+		extra = append(extra, "--etcd-cafile="+pki.CAFile, "--etcd-certfile="+pki.ClientCert, "--etcd-keyfile="+pki.ClientKey)
 	}
 	a, err := startAPIServer(b, pki, dir, be.URL(), extra)
 	if err != nil {

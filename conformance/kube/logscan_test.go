@@ -26,7 +26,7 @@ var known = []struct {
 	re     *regexp.Regexp
 	reason string
 }{
-	{regexp.MustCompile(`addrConn.createTransport failed to connect .*(operation was canceled|use of closed network connection)`),
+	{regexp.MustCompile(`addrConn.createTransport failed to connect .*(operation was canceled|use of closed network connection|authentication handshake failed: context canceled)`),
 		"grpc-go noise: kube-apiserver closed one of its etcd clients (short-lived ones for the storage feature checks at start, the CRD's storage when a CRD is created or deleted) while its connection was still being set up"},
 	{regexp.MustCompile(`addrConn.createTransport failed to connect .*connection refused`),
 		"the backend was down on purpose (restart-backend step); grpc-go redials"},

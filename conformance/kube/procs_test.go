@@ -102,9 +102,17 @@ type Backend struct {
 	bins     *Binaries
 	p        *proc
 	cleanup  func() error // drops the PostgreSQL schema / MariaDB database
+	// TLS, when set, makes shimd serve https and require client
+	// certificates from this PKI's CA (etcd's --client-cert-auth).
+	TLS *PKI
 }
 
-func (b *Backend) URL() string { return fmt.Sprintf("http://127.0.0.1:%d", b.Port) }
+func (b *Backend) URL() string {
+	if b.TLS != nil {
+		return fmt.Sprintf("https://127.0.0.1:%d", b.Port)
+	}
+	return fmt.Sprintf("http://127.0.0.1:%d", b.Port)
+}
 
 // Start (re)starts the server on its port and waits until it answers.
 func (b *Backend) Start() error {
@@ -124,6 +132,11 @@ func (b *Backend) Start() error {
 		args := []string{"--listen-client-urls", b.URL(), "--data-dir", b.DataDir, "--log-level", "warn"}
 		if b.Endpoint != "" {
 			args = append(args, "--endpoint", b.Endpoint)
+		}
+		if b.TLS != nil {
+			// The apiserver's serving certificate (for 127.0.0.1) serves here too.
+			args = append(args, "--cert-file", b.TLS.CertFile, "--key-file", b.TLS.KeyFile,
+				"--trusted-ca-file", b.TLS.CAFile, "--client-cert-auth")
 		}
 		b.p, err = startProc("shimd", b.LogFile, b.bins.Shimd, args...)
 	}
@@ -168,11 +181,19 @@ func (b *Backend) DumpGoroutines() {
 
 // Client is an etcd v3 client for direct looks at the stored data.
 func (b *Backend) Client() (*clientv3.Client, error) {
-	return clientv3.New(clientv3.Config{
+	cfg := clientv3.Config{
 		Endpoints:   []string{b.URL()},
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
-	})
+	}
+	if b.TLS != nil {
+		tc, err := b.TLS.TLSConfig()
+		if err != nil {
+			return nil, err
+		}
+		cfg.TLS = tc
+	}
+	return clientv3.New(cfg)
 }
 
 // APIServer is a running kube-apiserver.
