@@ -26,6 +26,10 @@ type cachedValue struct {
 // valueOverhead approximates the bookkeeping of one cached value.
 const valueOverhead = 96
 
+// maxCachedValue is the largest value cached: Kubernetes objects are far
+// smaller, and megabyte values would crowd them out.
+const maxCachedValue = 256 << 10
+
 func newValueCache(maxBytes int64) *valueCache {
 	return &valueCache{max: maxBytes, order: list.New(), byID: make(map[int64]*list.Element)}
 }
@@ -45,8 +49,8 @@ func (c *valueCache) get(id int64) ([]byte, bool) {
 
 func (c *valueCache) put(id int64, value []byte) {
 	cost := int64(len(value)) + valueOverhead
-	if c.max <= 0 || cost > c.max/8 {
-		return // a huge value would flush everything else
+	if c.max <= 0 || len(value) > maxCachedValue {
+		return // a large value would flush many small ones
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

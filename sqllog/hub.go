@@ -17,8 +17,11 @@ const (
 	watchBatchMaxRevs = 1000
 	// syncRetry is how soon a lagging watcher whose stream was full is retried.
 	syncRetry = 10 * time.Millisecond
-	// historyRows bounds the rows read from the database per catch-up pass.
-	historyRows = 10000
+	// historyRows and historyBytes bound what one catch-up pass reads from
+	// the database, so that a lagging watcher over large values costs
+	// bounded memory.
+	historyRows  = 10000
+	historyBytes = 8 << 20
 	// cacheEvents and cacheBytes bound the recent events kept in memory, so
 	// that watchers a little behind catch up without reading the database.
 	cacheEvents = 8192
@@ -271,7 +274,7 @@ func (h *hub) history(from, to int64) ([]mvccpb.Event, int64, error) {
 	if evs, ok := h.cache.get(from, to); ok {
 		return evs, to, nil
 	}
-	return h.l.readEvents(context.Background(), from, to, historyRows)
+	return h.l.readEvents(context.Background(), from, to, historyRows, historyBytes)
 }
 
 // eventCache keeps the events of recent revisions, oldest first.
@@ -328,15 +331,17 @@ func (c *eventCache) get(from, to int64) ([]mvccpb.Event, bool) {
 }
 
 // readEvents reads the events of revisions from..to from the log, at most
-// about limit rows, cut at a revision boundary. It returns the last revision
-// it covers.
-func (l *Log) readEvents(ctx context.Context, from, to int64, limit int) ([]mvccpb.Event, int64, error) {
+// about limit rows and maxBytes of keys and values, cut at a revision
+// boundary (a single revision is always read whole). It returns the last
+// revision it covers.
+func (l *Log) readEvents(ctx context.Context, from, to int64, limit, maxBytes int) ([]mvccpb.Event, int64, error) {
 	rows, err := l.be.Read.QueryContext(ctx, l.q(`SELECT rev, kv_key, value, create_rev, version, lease, deleted FROM shimd_log WHERE rev >= ? AND rev <= ? ORDER BY id LIMIT ?`), from, to, limit+1)
 	if err != nil {
 		return nil, 0, err
 	}
 	defer rows.Close()
 	var evs []mvccpb.Event
+	size, full := 0, false
 	for rows.Next() {
 		var kv mvccpb.KeyValue
 		var deleted bool
@@ -344,18 +349,23 @@ func (l *Log) readEvents(ctx context.Context, from, to int64, limit int) ([]mvcc
 			return nil, 0, err
 		}
 		evs = append(evs, event(&kv, deleted))
+		if size += len(kv.Key) + len(kv.Value); size > maxBytes && len(evs) <= limit {
+			// Over the byte bound: like the row bound, keep whole revisions.
+			full = true
+			break
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, 0, err
 	}
-	if len(evs) <= limit {
+	if len(evs) <= limit && !full {
 		return evs, to, nil
 	}
 	// Over the limit: drop the last, possibly partial, revision, unless it is
 	// the only one, which is then read whole.
 	last := evs[len(evs)-1].Kv.ModRevision
 	if evs[0].Kv.ModRevision == last {
-		all, _, err := l.readEvents(ctx, last, last, math.MaxInt32)
+		all, _, err := l.readEvents(ctx, last, last, math.MaxInt32, math.MaxInt)
 		return all, last, err
 	}
 	i := len(evs)

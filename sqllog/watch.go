@@ -23,8 +23,10 @@ const AutoWatchID int64 = 0
 const InvalidWatchID int64 = -1
 
 // streamBuffer is how many responses a stream holds for its sender before
-// its watchers count as slow and fall back to catching up from the log.
-const streamBuffer = 128
+// its watchers count as slow and fall back to catching up from the log
+// (fewer than etcd's 128: a response may carry megabytes, and a lagging
+// watcher costs shimd only a read of the log, not memory).
+const streamBuffer = 32
 
 // WatchResponse is what a watcher is sent: the events of one or more whole
 // revisions, a progress notification (no events), or the notice that its
