@@ -25,7 +25,7 @@ const (
 	// cacheEvents and cacheBytes bound the recent events kept in memory, so
 	// that watchers a little behind catch up without reading the database.
 	cacheEvents = 8192
-	cacheBytes  = 32 << 20
+	cacheBytes  = 16 << 20
 )
 
 // hub is the one log follower of a process: it fans each committed revision
