@@ -72,64 +72,112 @@ type load struct {
 	kind     string // "etcd", "sqlite" or "server" (PostgreSQL, MariaDB)
 	name     string
 
-	rev []int64 // each key's mod revision, as the last write returned it
+	rev  []int64 // each key's mod revision, as the last write returned it
+	accs map[string]*acc
 }
 
-// step is one phase of the load.
+// step is one phase of the load. A sliced phase is run in parts (the
+// keys, or the repetitions, split evenly), so that the targets can take
+// turns at it; its results are recorded after the last part.
 type step struct {
-	name string
-	fn   func(*load, context.Context, string) error
+	name   string
+	sliced bool
+	fn     func(l *load, ctx context.Context, name string, part, parts int) error
 }
 
 // steps lists the phases in order, the history rounds included.
 func (cfg *config) steps() []step {
-	steps := []step{{"create", (*load).create}}
+	steps := []step{{"create", true, (*load).create}}
 	for h := 1; h < cfg.history; h++ {
-		steps = append(steps, step{fmt.Sprintf("history%d", h), (*load).update})
+		steps = append(steps, step{fmt.Sprintf("history%d", h), false, (*load).update})
 	}
 	return append(steps, []step{
-		{"update", (*load).update},
-		{"get", (*load).get},
-		{"list", (*load).list},
-		{"count", (*load).count},
-		{"watch", (*load).watch},
-		{"delete", (*load).delete},
-		{"recreate", (*load).create},
-		{"compact", (*load).compact},
+		{"update", true, (*load).update},
+		{"get", true, (*load).get},
+		{"list", true, (*load).list},
+		{"count", true, (*load).count},
+		{"watch", false, (*load).watch},
+		{"delete", true, (*load).delete},
+		{"recreate", false, (*load).create},
+		{"compact", false, (*load).compact},
 	}...)
 }
 
-// step runs one phase, bounded by the phase timeout, and records the
-// server's and the benchmark's CPU time during it.
-func (l *load) step(ctx context.Context, s step) error {
+// acc accumulates a phase's parts.
+type acc struct {
+	lat       []time.Duration
+	n         int
+	wall      time.Duration // of the parts, summed
+	cpu, self time.Duration
+	metrics   map[string]float64 // /metrics deltas
+}
+
+func (l *load) acc(name string) *acc {
+	if l.accs == nil {
+		l.accs = map[string]*acc{}
+	}
+	a := l.accs[name]
+	if a == nil {
+		a = &acc{}
+		l.accs[name] = a
+	}
+	return a
+}
+
+// span is part's share of [0, n).
+func span(n, part, parts int) (int, int) { return part * n / parts, (part + 1) * n / parts }
+
+// step runs one part of a phase, bounded by the phase timeout, and records
+// the server's and the benchmark's CPU time during it.
+func (l *load) step(ctx context.Context, s step, part, parts int) error {
 	cfg := l.cfg
 	measured := isMeasured(s.name)
 	pctx, cancel := context.WithTimeout(ctx, cfg.phaseTimeout)
-	cpu0, self0 := cpuTime(l.pid), cpuTime(os.Getpid())
+	defer cancel()
+	var before map[string]float64
 	if measured {
-		l.prof.start(s.name)
+		before = scrape(l.endpoint) // outside the measured CPU and time
+		name := s.name
+		if parts > 1 {
+			name = fmt.Sprintf("%s-%d", s.name, part+1)
+		}
+		l.prof.start(name)
 	}
+	cpu0, self0 := cpuTime(l.pid), cpuTime(os.Getpid())
 	t0 := time.Now()
-	err := s.fn(l, pctx, s.name)
+	err := s.fn(l, pctx, s.name, part, parts)
 	wall := time.Since(t0)
+	cpu, self := cpuTime(l.pid)-cpu0, cpuTime(os.Getpid())-self0
+	timedOut := pctx.Err() != nil && ctx.Err() == nil
+	a := l.acc(s.name)
 	if measured {
 		l.prof.stop()
+		if after := scrape(l.endpoint); before != nil && after != nil {
+			if a.metrics == nil {
+				a.metrics = map[string]float64{}
+			}
+			diff(a.metrics, before, after)
+		}
 	}
-	timedOut := pctx.Err() != nil && ctx.Err() == nil
-	cancel()
 	if err != nil {
 		if timedOut {
 			err = fmt.Errorf("%w (phase timeout %v)", err, cfg.phaseTimeout)
 		}
 		return fmt.Errorf("%s: %w", s.name, err)
 	}
-	cpu, self := cpuTime(l.pid)-cpu0, cpuTime(os.Getpid())-self0
-	if measured {
-		l.m[s.name+".cpu"] = cpu.Seconds()
-		l.m[s.name+".clientcpu"] = self.Seconds()
-		l.m[s.name+".wall"] = wall.Seconds()
+	a.cpu += cpu
+	a.self += self
+	a.wall += wall
+	if part < parts-1 {
+		return nil
 	}
-	logf("  %-8s %-9s %6.2fs  CPU server %5.2fs bench %5.2fs  %s", l.name, s.name, wall.Seconds(), cpu.Seconds(), self.Seconds(), l.summary(s.name))
+	if measured {
+		metricFigures(l.m, s.name, a.metrics)
+		l.m[s.name+".cpu"] = a.cpu.Seconds()
+		l.m[s.name+".clientcpu"] = a.self.Seconds()
+		l.m[s.name+".wall"] = a.wall.Seconds()
+	}
+	logf("  %-8s %-9s %6.2fs  CPU server %5.2fs bench %5.2fs  %s", l.name, s.name, a.wall.Seconds(), a.cpu.Seconds(), a.self.Seconds(), l.summary(s.name))
 	return nil
 }
 
@@ -142,7 +190,17 @@ func (l *load) summary(phase string) string {
 	m := l.m
 	switch phase {
 	case "create", "update", "get", "delete":
-		return fmt.Sprintf("%.0f ops/s, p50 %.2f ms, p99 %.2f ms", m[phase+".ops"], m[phase+".p50"], m[phase+".p99"])
+		s := fmt.Sprintf("%.0f ops/s, p50 %.2f ms, p99 %.2f ms", m[phase+".ops"], m[phase+".p50"], m[phase+".p99"])
+		if b, ok := m[phase+".batch"]; ok {
+			s += fmt.Sprintf(", batch %.1f", b)
+		}
+		if c, ok := m[phase+".commitms"]; ok {
+			s += fmt.Sprintf(", commit %.2f ms ×%.0f", c, m[phase+".commits"])
+		}
+		if f, ok := m[phase+".fsyncms"]; ok {
+			s += fmt.Sprintf(", wal fsync %.2f ms ×%.0f", f, m[phase+".fsyncs"])
+		}
+		return s
 	case "list", "count", "watch":
 		return fmt.Sprintf("p50 %.2f ms, p99 %.2f ms", m[phase+".p50"], m[phase+".p99"])
 	case "compact":
@@ -151,13 +209,18 @@ func (l *load) summary(phase string) string {
 	return ""
 }
 
-// parallel calls op(i) for i in [0, n) from cfg.clients goroutines, each
-// request bounded by the request timeout, and records the throughput and
-// latency percentiles under name (unless name is "").
-func (l *load) parallel(ctx context.Context, name string, n int, op func(ctx context.Context, cli *clientv3.Client, r *rand.Rand, i int) error) error {
+type opFunc func(ctx context.Context, cli *clientv3.Client, r *rand.Rand, i int) error
+
+// parallel calls op(i) for the part's share of the keys from cfg.clients
+// goroutines, each request bounded by the request timeout. After the last
+// part it records, under name, the throughput (keys over the parts' summed
+// time) and the latency percentiles.
+func (l *load) parallel(ctx context.Context, name string, part, parts int, op opFunc) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	lo, hi := span(l.cfg.keys, part, parts)
 	var next atomic.Int64
+	next.Store(int64(lo))
 	var wg sync.WaitGroup
 	lats := make([][]time.Duration, l.cfg.clients)
 	errs := make([]error, l.cfg.clients)
@@ -167,10 +230,10 @@ func (l *load) parallel(ctx context.Context, name string, n int, op func(ctx con
 		go func(w int) {
 			defer wg.Done()
 			cli := l.clis[w%len(l.clis)]
-			r := rand.New(rand.NewPCG(uint64(l.cfg.seed), uint64(w)))
+			r := rand.New(rand.NewPCG(uint64(l.cfg.seed), uint64(part<<16|w)))
 			for {
 				i := int(next.Add(1) - 1)
-				if i >= n || ctx.Err() != nil {
+				if i >= hi || ctx.Err() != nil {
 					return
 				}
 				octx, ocancel := context.WithTimeout(ctx, l.cfg.opTimeout)
@@ -190,9 +253,6 @@ func (l *load) parallel(ctx context.Context, name string, n int, op func(ctx con
 	wg.Wait()
 	wall := time.Since(t0)
 	if err := errors.Join(errs...); err != nil {
-		if ctx.Err() != nil && !errors.Is(err, context.Canceled) {
-			return err
-		}
 		for _, e := range errs { // the first real error, not the cancellations it caused
 			if e != nil && !errors.Is(e, context.Canceled) {
 				return e
@@ -200,13 +260,18 @@ func (l *load) parallel(ctx context.Context, name string, n int, op func(ctx con
 		}
 		return err
 	}
-	var all []time.Duration
-	for _, ls := range lats {
-		all = append(all, ls...)
+	if !isMeasured(name) {
+		return nil
 	}
-	if isMeasured(name) {
-		l.m[name+".ops"] = float64(n) / wall.Seconds()
-		l.record(name, all)
+	a := l.acc(name + ".ops")
+	for _, ls := range lats {
+		a.lat = append(a.lat, ls...)
+	}
+	a.n += hi - lo
+	a.wall += wall
+	if part == parts-1 {
+		l.m[name+".ops"] = float64(a.n) / a.wall.Seconds()
+		l.record(name, a.lat)
 	}
 	return nil
 }
@@ -229,8 +294,8 @@ func pct(sorted []time.Duration, q float64) time.Duration {
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // create: Txn If mod_revision(key)==0 Then Put (kube-apiserver's create).
-func (l *load) create(ctx context.Context, name string) error {
-	return l.parallel(ctx, name, l.cfg.keys, func(ctx context.Context, cli *clientv3.Client, r *rand.Rand, i int) error {
+func (l *load) create(ctx context.Context, name string, part, parts int) error {
+	return l.parallel(ctx, name, part, parts, func(ctx context.Context, cli *clientv3.Client, r *rand.Rand, i int) error {
 		k := key(i)
 		resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", 0)).
 			Then(clientv3.OpPut(k, l.vals.pick(r))).Commit()
@@ -247,8 +312,8 @@ func (l *load) create(ctx context.Context, name string) error {
 
 // update: Txn If mod_revision==R Then Put Else Get (kube-apiserver's
 // GuaranteedUpdate).
-func (l *load) update(ctx context.Context, name string) error {
-	return l.parallel(ctx, name, l.cfg.keys, func(ctx context.Context, cli *clientv3.Client, r *rand.Rand, i int) error {
+func (l *load) update(ctx context.Context, name string, part, parts int) error {
+	return l.parallel(ctx, name, part, parts, func(ctx context.Context, cli *clientv3.Client, r *rand.Rand, i int) error {
 		k := key(i)
 		resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", l.rev[i])).
 			Then(clientv3.OpPut(k, l.vals.pick(r))).Else(clientv3.OpGet(k)).Commit()
@@ -264,8 +329,8 @@ func (l *load) update(ctx context.Context, name string) error {
 }
 
 // get: a single-key linearizable Range.
-func (l *load) get(ctx context.Context, name string) error {
-	return l.parallel(ctx, name, l.cfg.keys, func(ctx context.Context, cli *clientv3.Client, r *rand.Rand, i int) error {
+func (l *load) get(ctx context.Context, name string, part, parts int) error {
+	return l.parallel(ctx, name, part, parts, func(ctx context.Context, cli *clientv3.Client, r *rand.Rand, i int) error {
 		resp, err := cli.Get(ctx, key(i))
 		if err != nil {
 			return err
@@ -278,8 +343,8 @@ func (l *load) get(ctx context.Context, name string) error {
 }
 
 // delete: Txn If mod_revision==R Then DeleteRange.
-func (l *load) delete(ctx context.Context, name string) error {
-	return l.parallel(ctx, name, l.cfg.keys, func(ctx context.Context, cli *clientv3.Client, r *rand.Rand, i int) error {
+func (l *load) delete(ctx context.Context, name string, part, parts int) error {
+	return l.parallel(ctx, name, part, parts, func(ctx context.Context, cli *clientv3.Client, r *rand.Rand, i int) error {
 		k := key(i)
 		resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", l.rev[i])).
 			Then(clientv3.OpDelete(k)).Commit()
@@ -295,11 +360,12 @@ func (l *load) delete(ctx context.Context, name string) error {
 
 // list: kube-apiserver's paginated LIST, --list-reps times, one after the
 // other; the time of each full list.
-func (l *load) list(ctx context.Context, name string) error {
+func (l *load) list(ctx context.Context, name string, part, parts int) error {
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	cli := l.clis[0]
 	var lat []time.Duration
-	for rep := 0; rep < l.cfg.listReps; rep++ {
+	lo, hi := span(l.cfg.listReps, part, parts)
+	for rep := lo; rep < hi; rep++ {
 		t0 := time.Now()
 		k, rev, total := prefix, int64(0), 0
 		for {
@@ -327,15 +393,26 @@ func (l *load) list(ctx context.Context, name string) error {
 			return fmt.Errorf("list returned %d keys, want %d", total, l.cfg.keys)
 		}
 	}
-	l.record(name, lat)
+	l.recordParts(name, lat, part, parts)
 	return nil
 }
 
+// recordParts records the percentiles of a repeated phase after its last
+// part.
+func (l *load) recordParts(name string, lat []time.Duration, part, parts int) {
+	a := l.acc(name + ".lat")
+	a.lat = append(a.lat, lat...)
+	if part == parts-1 {
+		l.record(name, a.lat)
+	}
+}
+
 // count: count_only over the prefix, --count-reps times.
-func (l *load) count(ctx context.Context, name string) error {
+func (l *load) count(ctx context.Context, name string, part, parts int) error {
 	cli := l.clis[0]
 	var lat []time.Duration
-	for rep := 0; rep < l.cfg.countReps; rep++ {
+	lo, hi := span(l.cfg.countReps, part, parts)
+	for rep := lo; rep < hi; rep++ {
 		octx, cancel := context.WithTimeout(ctx, l.cfg.opTimeout)
 		t0 := time.Now()
 		resp, err := cli.Get(octx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
@@ -348,14 +425,14 @@ func (l *load) count(ctx context.Context, name string) error {
 			return fmt.Errorf("count %d, want %d", resp.Count, l.cfg.keys)
 		}
 	}
-	l.record(name, lat)
+	l.recordParts(name, lat, part, parts)
 	return nil
 }
 
 // watch: one watcher on the prefix (its own connection), then --watch-puts
 // puts to existing keys at --watch-rate per second from one client; the
 // latency from sending a put to receiving its event.
-func (l *load) watch(ctx context.Context, name string) error {
+func (l *load) watch(ctx context.Context, name string, _, _ int) error {
 	cfg := l.cfg
 	octx, cancel := context.WithTimeout(ctx, cfg.opTimeout)
 	resp, err := l.clis[0].Get(octx, "bench-watch-start")
@@ -442,7 +519,7 @@ func (l *load) watch(ctx context.Context, name string) error {
 // compact: (after the recreate step) DbSize, then Compact at the current
 // revision (physical) and Defragment, both timed, then DbSize and the
 // database files' size, per key.
-func (l *load) compact(ctx context.Context, name string) error {
+func (l *load) compact(ctx context.Context, name string, _, _ int) error {
 	cli := l.clis[0]
 	n := float64(l.cfg.keys)
 	octx, cancel := context.WithTimeout(ctx, l.cfg.opTimeout)

@@ -29,11 +29,13 @@
 //     the database files' size / N (etcd's member/snap/db; SQLite's data dir)
 //  10. rss     the server process's VmHWM at the end
 //
-// By default (--order phase) the servers run side by side and each phase
-// runs on every target in turn, a second apart (--settle), so that a ratio
-// compares two measurements taken under the same machine load; --order
-// target runs one target after the other instead, each alone on the
-// machine. Only one server is under load at any time either way.
+// By default (--order phase) the servers run side by side and the targets
+// take turns at each phase, in --slices parts (the keys or repetitions split
+// evenly; each part starts with the next target; --settle apart), so that a
+// ratio compares measurements taken under the same machine load even when
+// other work comes and goes; --order target runs one target after the other
+// instead, each alone on the machine. Only one server is under load at any
+// time either way.
 //
 // PostgreSQL and MariaDB stores are fresh (a new schema / database per
 // target and run, dropped afterwards); an unreachable server is skipped with
@@ -89,11 +91,13 @@ type config struct {
 	shimdBin      string
 	shimdSrc      string
 	shimdRev      string
+	shimdDesc     string
 	etcdBin       string
 	workDir       string
 	seed          int64
 	order         string
 	settle        time.Duration
+	slices        int
 }
 
 var allTargets = []string{"etcd", "sqlite", "postgres", "mariadb"}
@@ -124,7 +128,8 @@ func main() {
 	flag.StringVar(&cfg.etcdBin, "etcd-bin", "", "etcd binary (default: build ./bench/etcd, etcd 3.6 of this module)")
 	flag.StringVar(&cfg.workDir, "work-dir", "", "where data directories go (default: the system temp dir; must be a real disk, not tmpfs)")
 	flag.StringVar(&cfg.order, "order", "phase", "phase: all targets run at once and each phase runs on every target in turn, so that the same-run ratios compare phases a few seconds apart (fairer on a busy machine); target: one target after the other, each alone on the machine")
-	flag.DurationVar(&cfg.settle, "settle", time.Second, "pause before each phase of each target (lets the previous one's background work, e.g. a database checkpoint, fade)")
+	flag.DurationVar(&cfg.settle, "settle", 300*time.Millisecond, "pause before each turn of each target (lets the previous one's background work, e.g. a database checkpoint, fade)")
+	flag.IntVar(&cfg.slices, "slices", 5, "with --order phase, the targets take turns at each phase in this many parts (keys or repetitions split evenly; watch, recreate and compact are not split); throughput is the keys over the parts' summed time")
 	flag.Int64Var(&cfg.seed, "seed", 1, "seed of the values and sizes")
 	flag.Parse()
 
@@ -134,6 +139,9 @@ func main() {
 	}
 	if cfg.order != "phase" && cfg.order != "target" {
 		fatalf("--order: want phase or target")
+	}
+	if cfg.slices < 1 || cfg.order == "target" {
+		cfg.slices = 1
 	}
 	if cfg.keys < 1 || cfg.clients < 1 || cfg.conns < 1 || cfg.history < 1 || cfg.runs < 1 || cfg.listReps < 1 || cfg.countReps < 1 || cfg.watchPuts < 1 || cfg.watchRate <= 0 {
 		fatalf("--keys, --clients, --conns, --history, --runs and the repetition counts must be positive")
@@ -247,7 +255,7 @@ func run(cfg *config) error {
 				s := startTarget(cfg, t, backends[t], r, vals)
 				for _, st := range steps {
 					rep.sampleLoad(r)
-					s.step(st)
+					s.step(st, 0, 1)
 				}
 				runRes[t] = s.finish()
 			}
@@ -264,9 +272,19 @@ func run(cfg *config) error {
 			for _, st := range steps {
 				rep.sampleLoad(r)
 				logf("run %d/%d: %s (load %s)", r+1, cfg.runs, st.name, loadavg())
-				for _, s := range servers {
-					time.Sleep(cfg.settle)
-					s.step(st)
+				parts := 1
+				if st.sliced {
+					parts = cfg.slices
+				}
+				// The targets take turns, each part starting with the
+				// next one, so that a burst of background load or one
+				// server's aftermath (a checkpoint) spreads over all.
+				for part := 0; part < parts; part++ {
+					for k := range servers {
+						s := servers[(part+k)%len(servers)]
+						time.Sleep(cfg.settle)
+						s.step(st, part, parts)
+					}
 				}
 			}
 			for _, s := range servers {
@@ -392,12 +410,13 @@ func startTarget(cfg *config, name string, b harness.Backend, runIdx int, vals *
 	return s
 }
 
-// step runs one phase on the target; a failure ends the target's run.
-func (s *server) step(st step) {
+// step runs one part of a phase on the target; a failure ends the target's
+// run.
+func (s *server) step(st step, part, parts int) {
 	if s.failed {
 		return
 	}
-	if err := s.l.step(s.ctx, st); err != nil {
+	if err := s.l.step(s.ctx, st, part, parts); err != nil {
 		s.failed = true
 		s.res.Err = err.Error()
 		if s.ctx.Err() != nil {
@@ -512,6 +531,7 @@ func buildShimd(cfg *config, confDir, binDir string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	cfg.shimdDesc = describe(repo, cfg.shimdRev, cfg.shimdSrc)
 	if cfg.profileDir == "" {
 		logf("building cmd/shimd from %s", src)
 		return harness.Build(src, "./cmd/shimd", binDir, "shimd")
@@ -548,6 +568,29 @@ func buildShimd(cfg *config, confDir, binDir string) (string, error) {
 		return "", fmt.Errorf("go build bench/shimdprof: %v\n%s", err, out)
 	}
 	return filepath.Join(binDir, "shimdprof"), nil
+}
+
+// describe names the shimd version under test: the commit, and whether the
+// working tree had uncommitted changes outside conformance/.
+func describe(repo, rev, src string) string {
+	git := func(args ...string) string {
+		out, err := exec.Command("git", append([]string{"-C", repo}, args...)...).Output()
+		if err != nil {
+			return ""
+		}
+		return strings.TrimSpace(string(out))
+	}
+	switch {
+	case src != "":
+		return "source tree " + src
+	case rev != "":
+		return fmt.Sprintf("commit %s (--shimd-rev %s)", git("rev-parse", "--short=10", rev+"^{commit}"), rev)
+	}
+	d := "working tree at commit " + git("rev-parse", "--short=10", "HEAD")
+	if git("status", "--porcelain", "--", ".", ":(exclude)conformance") != "" {
+		d += " with uncommitted changes"
+	}
+	return d
 }
 
 // conformanceDir finds the conformance module: the working directory or its

@@ -196,6 +196,11 @@ func (r *report) print(w io.Writer) {
 	cfg := r.cfg
 	fmt.Fprintf(w, "\n## shimd benchmark, %s\n\n", r.start.Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(w, "Machine: %s. ", r.machine)
+	if cfg.shimdDesc != "" {
+		fmt.Fprintf(w, "shimd: %s. ", cfg.shimdDesc)
+	} else if cfg.shimdBin != "" {
+		fmt.Fprintf(w, "shimd: %s. ", cfg.shimdBin)
+	}
 	vs := fmt.Sprintf("%d", cfg.vmin)
 	if cfg.vmax != cfg.vmin {
 		vs = fmt.Sprintf("%d–%d", cfg.vmin, cfg.vmax)
@@ -206,7 +211,7 @@ func (r *report) print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "; list ×%d, count ×%d, watch %d puts at %.0f/s.", cfg.listReps, cfg.countReps, cfg.watchPuts, cfg.watchRate)
 	if cfg.order == "phase" {
-		fmt.Fprint(w, " All servers run side by side; each phase runs on each target in turn.")
+		fmt.Fprintf(w, " All servers run side by side; the targets take turns at each phase in %d parts.", cfg.slices)
 	} else {
 		fmt.Fprint(w, " One target after the other.")
 	}
@@ -266,6 +271,8 @@ func (r *report) print(w io.Writer) {
 		}
 	}
 	writeMarkdown(w, table)
+
+	r.printWritePath(w)
 
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Notes: create/update/delete are kube-apiserver's Txns on mod_revision; get and list are linearizable; list pages by 500 at the first page's revision.")
@@ -385,11 +392,95 @@ func (r *report) jsonDoc() any {
 			"keys": cfg.keys, "value_min": cfg.vmin, "value_max": cfg.vmax, "clients": cfg.clients, "conns": cfg.conns,
 			"history": cfg.history, "runs": cfg.runs, "list_reps": cfg.listReps, "count_reps": cfg.countReps,
 			"watch_puts": cfg.watchPuts, "watch_rate": cfg.watchRate, "postgres_vacuum_full": cfg.pgVacuumFull,
-			"order": cfg.order, "shimd_rev": cfg.shimdRev, "shimd_src": cfg.shimdSrc,
+			"shimd": cfg.shimdDesc, "order": cfg.order, "slices": cfg.slices, "settle": cfg.settle.String(), "shimd_rev": cfg.shimdRev, "shimd_src": cfg.shimdSrc,
 		},
 		"targets": r.targets,
 		"notices": r.notices,
 		"runs":    r.runs,
 		"loads":   r.loads,
+	}
+}
+
+// printWritePath prints where a write phase's time went, from the servers'
+// /metrics: group-commit batches (shimd), commits, etcd's WAL fsyncs, and
+// shimd's SQL statements per batch.
+func (r *report) printWritePath(w io.Writer) {
+	cell := func(t, id, format string) (string, bool) {
+		v, ok := r.value(t, id)
+		if !ok {
+			return "—", false
+		}
+		return fmt.Sprintf(format, v), true
+	}
+	table := [][]string{append([]string{"write path", "figure (means)"}, r.targets...)}
+	for _, ph := range []string{"create", "update", "delete"} {
+		label := ph // printed on the phase's first row only
+		add := func(figure string, f func(t string) (string, bool)) {
+			line := []string{label, figure}
+			any := false
+			for _, t := range r.targets {
+				c, ok := f(t)
+				any = any || ok
+				line = append(line, c)
+			}
+			if any {
+				table = append(table, line)
+				label = ""
+			}
+		}
+		add("requests per batch", func(t string) (string, bool) { return cell(t, ph+".batch", "%.1f") })
+		add("ms per batch (phase time / batches)", func(t string) (string, bool) {
+			b, ok1 := r.value(t, ph+".batches")
+			wall, ok2 := r.value(t, ph+".wall")
+			if !ok1 || !ok2 || b == 0 {
+				return "—", false
+			}
+			return fmt.Sprintf("%.2f", wall*1000/b), true
+		})
+		add("commit ms × count (etcd: bbolt; shimd: SQL COMMIT)", func(t string) (string, bool) {
+			c, ok := r.value(t, ph+".commitms")
+			if !ok {
+				return "—", false
+			}
+			k, _ := r.value(t, ph+".commits")
+			return fmt.Sprintf("%.2f ×%.0f", c, k), true
+		})
+		add("etcd WAL fsync ms × count", func(t string) (string, bool) {
+			c, ok := r.value(t, ph+".fsyncms")
+			if !ok {
+				return "—", false
+			}
+			k, _ := r.value(t, ph+".fsyncs")
+			return fmt.Sprintf("%.2f ×%.0f", c, k), true
+		})
+		stmts := map[string]bool{}
+		for _, run := range r.runs {
+			for _, res := range run {
+				for k := range res.Metrics {
+					if rest, ok := strings.CutPrefix(k, ph+".sql."); ok && strings.HasSuffix(rest, ".ms") {
+						stmts[strings.TrimSuffix(rest, ".ms")] = true
+					}
+				}
+			}
+		}
+		var names []string
+		for st := range stmts {
+			names = append(names, st)
+		}
+		sort.Strings(names)
+		for _, st := range names {
+			add("SQL "+st+" ms × per batch", func(t string) (string, bool) {
+				c, ok := r.value(t, ph+".sql."+st+".ms")
+				if !ok {
+					return "—", false
+				}
+				k, _ := r.value(t, ph+".sql."+st+".perbatch")
+				return fmt.Sprintf("%.2f ×%.2f", c, k), true
+			})
+		}
+	}
+	if len(table) > 1 {
+		fmt.Fprintln(w)
+		writeMarkdown(w, table)
 	}
 }

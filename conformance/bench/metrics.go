@@ -1,0 +1,110 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Server-side figures from the /metrics endpoint both servers have on their
+// client URL (etcd's names; shimd exports the same ones where it has the
+// thing, plus its own), read around each write phase to see where a write's
+// time goes: the group commit's batch size, the database commit, and (shimd)
+// each SQL statement of a batch.
+
+// scrapedSeries are the histograms read, by the prefix of their _sum and
+// _count series.
+var scrapedSeries = []string{
+	"shimd_log_write_batch_requests",
+	"shimd_sql_statement_duration_seconds",
+	"etcd_disk_backend_commit_duration_seconds",
+	"etcd_disk_wal_fsync_duration_seconds",
+}
+
+// scrape returns the _sum and _count of the scraped histograms, keyed by the
+// series name with its labels (nil if the server has no /metrics).
+func scrape(endpoint string) map[string]float64 {
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(endpoint + "/metrics")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return nil
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		name, val, ok := strings.Cut(line, " ")
+		if !ok || !(strings.Contains(name, "_sum") || strings.Contains(name, "_count")) {
+			continue
+		}
+		for _, p := range scrapedSeries {
+			if strings.HasPrefix(name, p+"_sum") || strings.HasPrefix(name, p+"_count") {
+				if v, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
+					out[name] = v
+				}
+			}
+		}
+	}
+	return out
+}
+
+// diff adds after−before into acc.
+func diff(acc, before, after map[string]float64) {
+	for k, v := range after {
+		acc[k] += v - before[k]
+	}
+}
+
+// metricFigures turns a phase's accumulated deltas into per-phase figures:
+// mean batch size, batches, mean commit and fsync time, and for each SQL
+// statement its mean time and runs per batch.
+func metricFigures(m map[string]float64, phase string, d map[string]float64) {
+	mean := func(p string) (float64, float64, bool) {
+		n := d[p+"_count"]
+		if n <= 0 {
+			return 0, 0, false
+		}
+		return d[p+"_sum"] / n, n, true
+	}
+	batches := 0.0
+	if v, n, ok := mean("shimd_log_write_batch_requests"); ok {
+		m[phase+".batch"] = v
+		m[phase+".batches"] = n
+		batches = n
+	}
+	if v, n, ok := mean("etcd_disk_backend_commit_duration_seconds"); ok {
+		m[phase+".commitms"] = v * 1000
+		m[phase+".commits"] = n
+	}
+	if v, n, ok := mean("etcd_disk_wal_fsync_duration_seconds"); ok {
+		m[phase+".fsyncms"] = v * 1000
+		m[phase+".fsyncs"] = n
+	}
+	for k := range d {
+		const p = "shimd_sql_statement_duration_seconds_count"
+		if !strings.HasPrefix(k, p) {
+			continue
+		}
+		labels := strings.TrimPrefix(k, p)
+		stmt := strings.Trim(strings.TrimPrefix(strings.Trim(labels, "{}"), "statement="), `"`)
+		n := d[k]
+		if n <= 0 {
+			continue
+		}
+		m[fmt.Sprintf("%s.sql.%s.ms", phase, stmt)] = d["shimd_sql_statement_duration_seconds_sum"+labels] / n * 1000
+		if batches > 0 {
+			m[fmt.Sprintf("%s.sql.%s.perbatch", phase, stmt)] = n / batches
+		}
+	}
+}
