@@ -24,8 +24,8 @@ const (
 	historyBytes = 8 << 20
 	// cacheEvents and cacheBytes bound the recent events kept in memory, so
 	// that watchers a little behind catch up without reading the database.
-	cacheEvents = 8192
-	cacheBytes  = 16 << 20
+	cacheEvents = 2048
+	cacheBytes  = 4 << 20
 )
 
 // hub is the one log follower of a process: it fans each committed revision

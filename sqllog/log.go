@@ -69,13 +69,13 @@ type Options struct {
 	// PollInterval is how often a shared database is checked for other
 	// processes' commits when nothing wakes the log sooner.
 	PollInterval time.Duration
-	// ValueCacheBytes bounds the cache of recent values (0: the default,
-	// negative: no cache).
+	// ValueCacheBytes is the size of the cache of recent values (0: the
+	// default; negative or under 1 MiB: no cache).
 	ValueCacheBytes int64
 }
 
-// DefaultValueCacheBytes is the default bound of the value cache.
-const DefaultValueCacheBytes = 64 << 20
+// DefaultValueCacheBytes is the default size of the value cache.
+const DefaultValueCacheBytes = 16 << 20
 
 // Open creates shimd's tables if needed, loads the index from the log and
 // starts the writer.
@@ -97,10 +97,10 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 		quit:     make(chan struct{}),
 		stopped:  make(chan struct{}),
 	}
-	l.values = newValueCache(opts.ValueCacheBytes)
 	if opts.ValueCacheBytes == 0 {
-		l.values = newValueCache(DefaultValueCacheBytes)
+		opts.ValueCacheBytes = DefaultValueCacheBytes
 	}
+	l.values = newValueCache(opts.ValueCacheBytes)
 	if err := l.initSchema(ctx); err != nil {
 		return nil, err
 	}
@@ -151,6 +151,7 @@ func (l *Log) Close() error {
 	l.hub.stop()
 	l.compactor.stop()
 	l.stmts.close()
+	l.values.close()
 	return l.be.Close()
 }
 

@@ -41,6 +41,7 @@ type config struct {
 	dbMaxConns          int
 	dbConnectTimeout    time.Duration
 	dbPollInterval      time.Duration
+	valueCacheSize      int64
 	pgVacuumFull        bool
 	compactionMode      string
 	compactionRetain    string
@@ -85,6 +86,7 @@ func newFlagSet(cfg *config, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&cfg.dbMaxConns, "db-max-conns", 16, "Most connections in the database read pool (PostgreSQL, MySQL); the writer and PostgreSQL's listener use up to 5 more.")
 	fs.DurationVar(&cfg.dbConnectTimeout, "db-connect-timeout", 5*time.Second, "Time allowed to open one database connection.")
 	fs.DurationVar(&cfg.dbPollInterval, "db-poll-interval", sqllog.DefaultPollInterval, "How often a shared database (PostgreSQL, MySQL) is polled for other shimd processes' writes.")
+	fs.Int64Var(&cfg.valueCacheSize, "value-cache-size", sqllog.DefaultValueCacheBytes, "Bytes of memory kept for recently written and read values, so that reads of them skip the database (0 disables).")
 	fs.BoolVar(&cfg.pgVacuumFull, "postgres-vacuum-full", false, "Make defragment run VACUUM FULL on PostgreSQL: returns all free space to the filesystem, but locks shimd's tables while it runs.")
 	fs.Int64Var(&cfg.quotaBackendBytes, "quota-backend-bytes", 0, "Raise alarms when backend size exceeds the given quota (0 defaults to etcd's 2 GiB).")
 	fs.StringVar(&cfg.compactionMode, "auto-compaction-mode", compact.ModePeriodic, "Interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for duration based retention, defaulting to hours if no time unit is provided (e.g. '5m'). 'revision' for revision number based retention.")
@@ -219,6 +221,8 @@ func validate(cfg *config) error {
 		return fmt.Errorf("--max-concurrent-streams must be between 1 and %d", uint32(math.MaxUint32))
 	case cfg.quotaBackendBytes < 0:
 		return fmt.Errorf("--quota-backend-bytes must not be negative, got %d", cfg.quotaBackendBytes)
+	case cfg.valueCacheSize < 0:
+		return fmt.Errorf("--value-cache-size must not be negative, got %d", cfg.valueCacheSize)
 	case cfg.logFormat != "text" && cfg.logFormat != "json":
 		return fmt.Errorf("--log-format %q is not one of text, json", cfg.logFormat)
 	case (cfg.certFile == "") != (cfg.keyFile == ""):

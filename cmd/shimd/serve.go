@@ -72,7 +72,11 @@ func openLog(ctx context.Context, cfg *config, lg *slog.Logger) (*sqllog.Log, er
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
-	log, err := sqllog.Open(ctx, be, sqllog.Options{Logger: lg, PollInterval: cfg.dbPollInterval})
+	cacheBytes := cfg.valueCacheSize
+	if cacheBytes == 0 {
+		cacheBytes = -1 // the flag's 0 disables; the option's 0 is the default
+	}
+	log, err := sqllog.Open(ctx, be, sqllog.Options{Logger: lg, PollInterval: cfg.dbPollInterval, ValueCacheBytes: cacheBytes})
 	if err != nil {
 		be.Close()
 		return nil, fmt.Errorf("open database: %w", err)

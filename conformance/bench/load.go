@@ -178,6 +178,8 @@ func (l *load) step(ctx context.Context, s step, part, parts int) error {
 		l.m[s.name+".wall"] = a.wall.Seconds()
 	}
 	logf("  %-8s %-9s %6.2fs  CPU server %5.2fs bench %5.2fs  %s", l.name, s.name, a.wall.Seconds(), a.cpu.Seconds(), a.self.Seconds(), l.summary(s.name))
+	// The memory after each phase, so that the phase where RSS peaks shows.
+	logf("  %-8s %-9s %s", l.name, s.name, memory(l.pid, l.endpoint))
 	return nil
 }
 

@@ -92,6 +92,7 @@ type config struct {
 	shimdSrc      string
 	shimdRev      string
 	shimdDesc     string
+	shimdArgs     []string
 	etcdBin       string
 	workDir       string
 	seed          int64
@@ -104,7 +105,7 @@ var allTargets = []string{"etcd", "sqlite", "postgres", "mariadb"}
 
 func main() {
 	var cfg config
-	var valueSize, targets string
+	var valueSize, targets, shimdArgs string
 	flag.IntVar(&cfg.keys, "keys", 10000, "number of keys N")
 	flag.StringVar(&valueSize, "value-size", "1024-2048", "value size in bytes: V, or MIN-MAX for sizes drawn uniformly (random bytes)")
 	flag.IntVar(&cfg.clients, "clients", 16, "concurrent clients C")
@@ -125,6 +126,7 @@ func main() {
 	flag.StringVar(&cfg.shimdBin, "shimd-bin", os.Getenv("SHIMD_BIN"), "shimd binary to test (default: build ../cmd/shimd)")
 	flag.StringVar(&cfg.shimdSrc, "shimd-src", "", "build shimd from this source tree (default: the repository, ..)")
 	flag.StringVar(&cfg.shimdRev, "shimd-rev", "", "build shimd from this git revision of the repository (git archive into a temp dir), e.g. HEAD to leave uncommitted changes out")
+	flag.StringVar(&shimdArgs, "shimd-args", "", "extra flags for every shimd, space-separated (e.g. --value-cache-size=0)")
 	flag.StringVar(&cfg.etcdBin, "etcd-bin", "", "etcd binary (default: build ./bench/etcd, etcd 3.6 of this module)")
 	flag.StringVar(&cfg.workDir, "work-dir", "", "where data directories go (default: the system temp dir; must be a real disk, not tmpfs)")
 	flag.StringVar(&cfg.order, "order", "phase", "phase: all targets run at once and each phase runs on every target in turn, so that the same-run ratios compare phases a few seconds apart (fairer on a busy machine); target: one target after the other, each alone on the machine")
@@ -133,6 +135,7 @@ func main() {
 	flag.Int64Var(&cfg.seed, "seed", 1, "seed of the values and sizes")
 	flag.Parse()
 
+	cfg.shimdArgs = strings.Fields(shimdArgs)
 	var err error
 	if cfg.vmin, cfg.vmax, err = parseSize(valueSize); err != nil {
 		fatalf("--value-size: %v", err)
@@ -360,6 +363,7 @@ func startTarget(cfg *config, name string, b harness.Backend, runIdx int, vals *
 	if name == "etcd" {
 		p.Bin = cfg.etcdBin
 	} else {
+		p.ExtraArgs = append(p.ExtraArgs, cfg.shimdArgs...)
 		if b.Kind == harness.KindPostgres && cfg.pgVacuumFull {
 			p.ExtraArgs = append(p.ExtraArgs, "--postgres-vacuum-full")
 		}

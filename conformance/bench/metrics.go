@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -22,6 +23,38 @@ var scrapedSeries = []string{
 	"shimd_sql_statement_duration_seconds",
 	"etcd_disk_backend_commit_duration_seconds",
 	"etcd_disk_wal_fsync_duration_seconds",
+}
+
+// scrapedGauges are Go runtime gauges both servers export, logged after each
+// phase to tell the Go heap from the rest of the RSS.
+var scrapedGauges = []string{"go_memstats_heap_inuse_bytes", "go_memstats_next_gc_bytes"}
+
+// memory describes the server's memory now: peak and current RSS, the
+// anonymous and file-backed parts, and (when it has /metrics) the Go heap in
+// use and the heap size at which its next GC starts.
+func memory(pid int, endpoint string) string {
+	status := map[string]string{}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok {
+				status[k] = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB"))
+			}
+		}
+	}
+	mib := func(kb string) string {
+		n, err := strconv.ParseFloat(strings.TrimSpace(kb), 64)
+		if err != nil {
+			return "?"
+		}
+		return fmt.Sprintf("%.0f", n/1024)
+	}
+	s := fmt.Sprintf("RSS peak %s now %s (anon %s file %s) MiB", mib(status["VmHWM"]), mib(status["VmRSS"]), mib(status["RssAnon"]), mib(status["RssFile"]))
+	if m := scrape(endpoint); m != nil {
+		if h, ok := m["go_memstats_heap_inuse_bytes"]; ok {
+			s += fmt.Sprintf(", Go heap %.0f next GC %.0f MiB", h/(1<<20), m["go_memstats_next_gc_bytes"]/(1<<20))
+		}
+	}
+	return s
 }
 
 // scrape returns the _sum and _count of the scraped histograms, keyed by the
@@ -45,7 +78,16 @@ func scrape(endpoint string) map[string]float64 {
 			continue
 		}
 		name, val, ok := strings.Cut(line, " ")
-		if !ok || !(strings.Contains(name, "_sum") || strings.Contains(name, "_count")) {
+		if !ok {
+			continue
+		}
+		if contains(scrapedGauges, name) {
+			if v, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
+				out[name] = v
+			}
+			continue
+		}
+		if !(strings.Contains(name, "_sum") || strings.Contains(name, "_count")) {
 			continue
 		}
 		for _, p := range scrapedSeries {

@@ -201,6 +201,9 @@ func (r *report) print(w io.Writer) {
 	} else if cfg.shimdBin != "" {
 		fmt.Fprintf(w, "shimd: %s. ", cfg.shimdBin)
 	}
+	if len(cfg.shimdArgs) > 0 {
+		fmt.Fprintf(w, "shimd flags: %s. ", strings.Join(cfg.shimdArgs, " "))
+	}
 	vs := fmt.Sprintf("%d", cfg.vmin)
 	if cfg.vmax != cfg.vmin {
 		vs = fmt.Sprintf("%d–%d", cfg.vmin, cfg.vmax)

@@ -50,7 +50,15 @@ func Open(path string) (*drivers.Backend, error) {
 	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)", "foreign_keys(OFF)"} {
 		q.Add("_pragma", p)
 	}
-	readDSN := "file:" + path + "?" + q.Encode()
+	// Readers get a small page cache each: the OS page cache holds the file
+	// once for all of them, while every connection's own cache is process
+	// memory.
+	rq := url.Values{}
+	for k, v := range q {
+		rq[k] = append([]string(nil), v...)
+	}
+	rq.Add("_pragma", "cache_size(-512)")
+	readDSN := "file:" + path + "?" + rq.Encode()
 	// Only the writer's transactions take the write lock up front.
 	q.Set("_txlock", "immediate")
 	dsn := "file:" + path + "?" + q.Encode()
@@ -74,8 +82,8 @@ func Open(path string) (*drivers.Backend, error) {
 		lock.Close()
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
-	read.SetMaxOpenConns(8)
-	read.SetMaxIdleConns(8)
+	read.SetMaxOpenConns(4)
+	read.SetMaxIdleConns(4)
 	read.SetConnMaxLifetime(0)
 
 	return &drivers.Backend{

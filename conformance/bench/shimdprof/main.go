@@ -44,6 +44,7 @@ func main() {
 	endpoint := flag.String("endpoint", "", "database (as shimd's --endpoint)")
 	logLevel := flag.String("log-level", "warn", "log level")
 	vacuumFull := flag.Bool("postgres-vacuum-full", false, "as shimd's flag")
+	cacheSize := flag.Int64("value-cache-size", sqllog.DefaultValueCacheBytes, "as shimd's flag")
 	pprofAddr := flag.String("pprof-addr", "127.0.0.1:0", "address of the profiling endpoints")
 	flag.Parse()
 
@@ -72,7 +73,10 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
-	log, err := sqllog.Open(ctx, be, sqllog.Options{Logger: lg, PollInterval: sqllog.DefaultPollInterval})
+	if *cacheSize == 0 {
+		*cacheSize = -1 // as cmd/shimd: the flag's 0 disables the cache
+	}
+	log, err := sqllog.Open(ctx, be, sqllog.Options{Logger: lg, PollInterval: sqllog.DefaultPollInterval, ValueCacheBytes: *cacheSize})
 	if err != nil {
 		fail(err)
 	}
