@@ -27,9 +27,10 @@ type Backend struct {
 	// Dialect supplies the backend-specific SQL.
 	Dialect Dialect
 	// Listen, when set, calls wake whenever another process may have
-	// committed, until ctx ends (PostgreSQL's LISTEN/NOTIFY). Without it the
-	// log polls.
-	Listen func(ctx context.Context, wake func())
+	// committed, until ctx ends (PostgreSQL's LISTEN/NOTIFY), with the
+	// notification's payload: the revision committed, or "" when any may
+	// have been (after reconnecting). Without it the log polls.
+	Listen func(ctx context.Context, wake func(payload string))
 	// Close releases connections and any lock the driver holds.
 	Close func() error
 }
@@ -59,7 +60,8 @@ type Dialect interface {
 	// state of the database throughout.
 	BeginSnapshot(ctx context.Context, db *sql.DB) (*sql.Tx, error)
 	// Notify is a statement run in each write transaction to wake other
-	// processes when it commits, or "" if the database has no such thing.
+	// processes when it commits, or "" if the database has no such thing. Its
+	// one argument is the revision committed, as text.
 	Notify() string
 	// Size returns the bytes shimd's tables take on disk and, if the
 	// database can tell, how many of them hold live data (-1 if not).
@@ -67,6 +69,20 @@ type Dialect interface {
 	// Defragment gives the space of deleted rows back, as etcd's defrag does
 	// for its file.
 	Defragment(ctx context.Context, db *sql.DB) error
+}
+
+// BatchAppender is implemented by dialects that can append a whole write
+// batch and move the meta row on in one statement, in the database's implicit
+// transaction: one round trip where BEGIN, the meta row's lock, INSERT,
+// UPDATE and COMMIT take five.
+type BatchAppender interface {
+	// AppendBatchQuery returns that statement. Its arguments are the new rev
+	// and last_id; the expected rev, last_id and lease_gen and the highest
+	// expected compact_rev; then the appended rows' id, rev, sub, kv_key,
+	// value, create_rev, version, lease and deleted, each as an array. It
+	// returns one row with one column: 1 if the meta row matched and the rows
+	// were appended, 0 if it did not match and nothing changed.
+	AppendBatchQuery() string
 }
 
 // OpenServer opens the read and write pools of a server database (one that

@@ -9,4 +9,7 @@ var (
 	ErrFutureRev = errors.New("sqllog: required revision is a future revision")
 	// ErrClosed means the log has been closed.
 	ErrClosed = errors.New("sqllog: log closed")
+	// errNeedTx stops a request that runs against memory but must read the
+	// database under the meta row's lock; it runs again there.
+	errNeedTx = errors.New("sqllog: request needs the write transaction")
 )

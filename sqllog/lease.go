@@ -162,6 +162,10 @@ func (tw *TxnWrite) LeaseExpired(ctx context.Context, id int64, now time.Time) (
 	if !tw.LeaseExists(id) {
 		return false, nil
 	}
+	if tw.b.tx == nil {
+		tw.b.needTx = true
+		return false, errNeedTx
+	}
 	var ms int64
 	err := tw.b.tx.QueryRowContext(ctx, tw.l.q(`SELECT expires_at FROM shimd_lease WHERE id = ?`), id).Scan(&ms)
 	if errors.Is(err, sql.ErrNoRows) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"time"
 
@@ -42,10 +43,16 @@ type Log struct {
 
 	writes   chan *writeReq
 	maxBatch int
-	quit     chan struct{}
-	stopped  chan struct{}
-	closeMu  sync.RWMutex
-	closed   bool
+	// appendQuery is the dialect's one-statement batch append ("" if none);
+	// fastCooldown counts the batches that skip it after it found another
+	// process's write. unsure is set when a commit's outcome is unknown.
+	appendQuery  string
+	fastCooldown int
+	unsure       bool
+	quit         chan struct{}
+	stopped      chan struct{}
+	closeMu      sync.RWMutex
+	closed       bool
 
 	compactor compactor
 	hub       hub
@@ -101,6 +108,9 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 		opts.ValueCacheBytes = DefaultValueCacheBytes
 	}
 	l.values = newValueCache(opts.ValueCacheBytes)
+	if ba, ok := be.Dialect.(drivers.BatchAppender); ok {
+		l.appendQuery = ba.AppendBatchQuery()
+	}
 	if err := l.initSchema(ctx); err != nil {
 		return nil, err
 	}
@@ -354,7 +364,17 @@ func (l *Log) follow(interval time.Duration) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	wake := make(chan struct{}, 1)
-	poke := func() {
+	poke := func(payload string) {
+		if rev, err := strconv.ParseInt(payload, 10, 64); err == nil {
+			// A revision this process has applied needs no catch-up: most
+			// often it is this process's own commit. Wait for a batch being
+			// applied (its NOTIFY may arrive first) before deciding.
+			l.applyMu.Lock()
+			l.applyMu.Unlock()
+			if rev <= l.Rev() {
+				return
+			}
+		}
 		select {
 		case wake <- struct{}{}:
 		default:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -30,7 +31,12 @@ type batch struct {
 	values   map[int64][]byte // staged values by row id
 	leaseOps []leaseOp
 	leaseGen int64
-	tx       *sql.Tx
+	// tx is the locked write transaction, nil while the batch runs against
+	// memory first.
+	tx *sql.Tx
+	// needTx is set by a request that must read the database under the
+	// lock; the batch then runs again there.
+	needTx bool
 }
 
 // Change is one row appended to the log.
@@ -208,40 +214,115 @@ func (l *Log) writer() {
 	}
 }
 
-// commit runs reqs in one database transaction and sets each one's err.
+// commit runs reqs as one batch and sets each one's err.
+//
+// The requests run first against the in-memory state (the index at l.Rev()),
+// then the batch is written on the condition that the database's meta row
+// still says what memory says. When another process wrote meanwhile (shared
+// database), or a commit reported as failed did land, the condition fails:
+// the batch is undone, memory catches up from the log under the meta row's
+// lock, and the requests run again there.
 func (l *Log) commit(reqs []*writeReq) {
 	l.applyMu.Lock()
 	defer l.applyMu.Unlock()
-	fail := func(err error) {
-		for _, r := range reqs {
-			if r.err == nil {
-				r.err = err
-			}
-		}
-	}
 	ctx := context.Background()
 	batchSize.Observe(float64(len(reqs)))
-	tx, err := l.be.Dialect.BeginWrite(ctx, l.be.Write)
-	if err != nil {
-		fail(fmt.Errorf("begin write: %w", err))
-		return
-	}
-	defer tx.Rollback()
-	m, err := l.readMeta(ctx, tx)
-	if err != nil {
-		fail(err)
-		return
-	}
-	// Another process wrote (shared database), or a commit whose outcome was
-	// reported as failed did land: either way the log is the truth.
-	if m.rev != l.Rev() || m.compactRev > l.CompactRev() || m.leaseGen != l.leaseGen {
-		if err := l.catchUp(ctx, tx, m); err != nil {
-			fail(err)
+	l.mu.RLock()
+	exp := meta{rev: l.rev, lastID: l.lastID, compactRev: l.compactRev, leaseGen: l.leaseGen}
+	l.mu.RUnlock()
+
+	b := &batch{rev: exp.rev, lastID: exp.lastID, values: make(map[int64][]byte)}
+	l.run(reqs, b)
+	switch {
+	case b.needTx || l.unsure:
+		// A request must read the database under the lock.
+	case len(b.changes) == 0 && len(b.leaseOps) == 0:
+		if !l.be.Shared {
+			return // memory is the truth: one process owns the database
+		}
+		// Read-only outcomes (a failed compare) must not be stale.
+		m, err := l.readMeta(ctx, l.be.Read)
+		if err != nil {
+			fail(reqs, err)
 			return
 		}
+		if m.rev == exp.rev && m.leaseGen == exp.leaseGen && m.compactRev <= exp.compactRev {
+			return
+		}
+	case l.fastOK(b):
+		ok, err := l.appendBatch(ctx, b, exp)
+		if err != nil {
+			// The outcome is unknown: the next batch checks the log.
+			l.unsure = true
+			b.unstage(l, 0)
+			fail(reqs, err)
+			return
+		}
+		if ok {
+			l.apply(b)
+			return
+		}
+		l.fastCooldown = fastCooldownBatches
+	default:
+		if l.fastCooldown > 0 {
+			l.fastCooldown--
+		}
+		l.commitLocked(ctx, reqs, b, exp)
+		return
 	}
+	// Run again under the lock, on the database's state.
+	b.unstage(l, 0)
+	for _, r := range reqs {
+		r.err = nil
+	}
+	l.commitLocked(ctx, reqs, nil, exp)
+}
 
-	b := &batch{rev: l.Rev(), lastID: m.lastID, values: make(map[int64][]byte), tx: tx}
+// fastCooldownBatches is how many batches take the locked path after the
+// one-statement append found the database changed by another process: under
+// contention, the failed attempt would only add a round trip.
+const fastCooldownBatches = 64
+
+// fastOK tells whether b can be appended in one statement.
+func (l *Log) fastOK(b *batch) bool {
+	if l.appendQuery == "" || l.fastCooldown > 0 || len(b.leaseOps) > 0 {
+		return false
+	}
+	size := 0
+	for _, c := range b.changes {
+		size += len(c.Key) + len(c.Value)
+	}
+	return size <= appendBatchBytes
+}
+
+// appendBatchBytes bounds the batch appended in one statement.
+const appendBatchBytes = 16 << 20
+
+// appendBatch appends b and moves the meta row on in one statement, if the
+// meta row is still exp; ok is false (and nothing written) if it was not.
+func (l *Log) appendBatch(ctx context.Context, b *batch, exp meta) (ok bool, err error) {
+	defer observe("append_batch", time.Now())
+	n := len(b.changes)
+	ids, revs, subs := make([]int64, n), make([]int64, n), make([]int64, n)
+	creates, versions, leases := make([]int64, n), make([]int64, n), make([]int64, n)
+	keys, values, deleted := make([][]byte, n), make([][]byte, n), make([]bool, n)
+	for i, c := range b.changes {
+		ids[i], revs[i], subs[i], keys[i], values[i] = c.e.id, c.e.rev, c.sub, c.Key, c.Value
+		creates[i], versions[i], leases[i], deleted[i] = c.e.create, c.e.version, c.e.lease, c.e.tombstone()
+	}
+	var matched int64
+	err = l.be.Write.QueryRowContext(ctx, l.appendQuery, b.rev, b.lastID, exp.rev, exp.lastID, exp.leaseGen, exp.compactRev,
+		ids, revs, subs, keys, values, creates, versions, leases, deleted).Scan(&matched)
+	if err != nil {
+		return false, fmt.Errorf("append to log: %w", err)
+	}
+	b.leaseGen = exp.leaseGen
+	return matched == 1, nil
+}
+
+// run runs each request's function against b, undoing the changes of those
+// that fail.
+func (l *Log) run(reqs []*writeReq, b *batch) {
 	for _, r := range reqs {
 		if r.ctx.Err() != nil {
 			r.err = r.ctx.Err()
@@ -256,38 +337,101 @@ func (l *Log) commit(reqs []*writeReq) {
 			b.unstage(l, tw.mark)
 			b.leaseOps = b.leaseOps[:tw.opsMark]
 			r.err = err
+			if b.needTx {
+				return // the batch runs again under the lock
+			}
 			continue
 		}
 		if tw.Changes() > 0 {
 			b.rev++
 		}
 	}
+}
+
+// fail sets err on the requests that have none.
+func fail(reqs []*writeReq, err error) {
+	for _, r := range reqs {
+		if r.err == nil {
+			r.err = err
+		}
+	}
+}
+
+// commitLocked writes the batch in a database transaction that holds the
+// meta row's lock. b is the batch run against memory at exp, or nil: if the
+// database has moved on from exp, memory catches up and the requests run
+// (again) against b's replacement.
+func (l *Log) commitLocked(ctx context.Context, reqs []*writeReq, b *batch, exp meta) {
+	tx, err := l.be.Dialect.BeginWrite(ctx, l.be.Write)
+	if err != nil {
+		if b != nil {
+			b.unstage(l, 0)
+		}
+		fail(reqs, fmt.Errorf("begin write: %w", err))
+		return
+	}
+	defer tx.Rollback()
+	m, err := l.readMeta(ctx, tx)
+	if err != nil {
+		if b != nil {
+			b.unstage(l, 0)
+		}
+		fail(reqs, err)
+		return
+	}
+	if b == nil || m.rev != exp.rev || m.lastID != exp.lastID || m.compactRev > exp.compactRev || m.leaseGen != exp.leaseGen {
+		if b != nil {
+			b.unstage(l, 0)
+			for _, r := range reqs {
+				r.err = nil
+			}
+		}
+		// Another process wrote (shared database), or a commit whose outcome
+		// was reported as failed did land: either way the log is the truth.
+		if m.rev != l.Rev() || m.compactRev > l.CompactRev() || m.leaseGen != l.leaseGen {
+			if err := l.catchUp(ctx, tx, m); err != nil {
+				fail(reqs, err)
+				return
+			}
+		}
+		b = &batch{rev: l.Rev(), lastID: m.lastID, values: make(map[int64][]byte), tx: tx}
+		l.run(reqs, b)
+	}
+	l.unsure = false
+	b.tx = tx
 	if len(b.changes) == 0 && len(b.leaseOps) == 0 {
 		return
 	}
 	if err := l.insert(ctx, tx, b); err != nil {
 		b.unstage(l, 0)
-		fail(err)
+		fail(reqs, err)
 		return
 	}
 	if err := l.writeLeaseOps(ctx, tx, b.leaseOps); err != nil {
 		b.unstage(l, 0)
-		fail(err)
+		fail(reqs, err)
 		return
 	}
 	if err := l.advance(ctx, tx, b); err != nil {
 		b.unstage(l, 0)
-		fail(err)
+		fail(reqs, err)
 		return
 	}
 	start := time.Now()
 	err = tx.Commit()
 	commitSec.Observe(time.Since(start).Seconds())
 	if err != nil {
+		l.unsure = true
 		b.unstage(l, 0)
-		fail(fmt.Errorf("commit: %w", err))
+		fail(reqs, fmt.Errorf("commit: %w", err))
 		return
 	}
+	l.apply(b)
+}
+
+// apply makes a committed batch visible: values, leases, the index's
+// revision, then watchers.
+func (l *Log) apply(b *batch) {
 	for _, c := range b.changes {
 		if !c.e.tombstone() {
 			l.values.put(c.e.id, c.Value)
@@ -385,7 +529,7 @@ func (l *Log) advance(ctx context.Context, tx *sql.Tx, b *batch) error {
 	}
 	b.leaseGen = gen
 	if notify := l.be.Dialect.Notify(); notify != "" {
-		if _, err := tx.ExecContext(ctx, notify); err != nil {
+		if _, err := tx.ExecContext(ctx, notify, strconv.FormatInt(b.rev, 10)); err != nil {
 			return fmt.Errorf("notify: %w", err)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/shimd/shimd/drivers"
@@ -36,14 +37,14 @@ func Open(ctx context.Context, dsn string, opts drivers.Options) (*drivers.Backe
 	}
 	be.Name = "postgres"
 	be.Dialect = dialect{}
-	be.Listen = func(ctx context.Context, wake func()) { listen(ctx, cfg, wake) }
+	be.Listen = func(ctx context.Context, wake func(string)) { listen(ctx, cfg, wake) }
 	return be, nil
 }
 
 // listen holds a connection subscribed to the channel and calls wake for
 // every notification; it reconnects after errors, waking once each time in
 // case a commit slipped by while it was away.
-func listen(ctx context.Context, cfg *pgx.ConnConfig, wake func()) {
+func listen(ctx context.Context, cfg *pgx.ConnConfig, wake func(string)) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		conn, err := pgx.ConnectConfig(ctx, cfg)
@@ -51,12 +52,13 @@ func listen(ctx context.Context, cfg *pgx.ConnConfig, wake func()) {
 			_, err = conn.Exec(ctx, "LISTEN "+channel)
 			if err == nil {
 				backoff = 100 * time.Millisecond
-				wake()
+				wake("")
 				for {
-					if _, err = conn.WaitForNotification(ctx); err != nil {
+					var n *pgconn.Notification
+					if n, err = conn.WaitForNotification(ctx); err != nil {
 						break
 					}
-					wake()
+					wake(n.Payload)
 				}
 			}
 			conn.Close(context.Background())
@@ -181,7 +183,28 @@ func (dialect) Defragment(ctx context.Context, db *sql.DB) error {
 	return nil
 }
 
-func (dialect) Notify() string { return `SELECT pg_notify('` + channel + `', '')` }
+func (dialect) Notify() string { return `SELECT pg_notify('` + channel + `', $1)` }
+
+// AppendBatchQuery appends a batch in one statement: the UPDATE of the meta
+// row (waiting for its lock, then re-checking its condition on the committed
+// row, as READ COMMITTED does) gates the INSERT from arrays, and the NOTIFY,
+// through its RETURNING row. A SELECT in WITH only runs when referenced,
+// hence the subqueries.
+func (dialect) AppendBatchQuery() string {
+	return `WITH m AS (
+	UPDATE shimd_meta SET rev = $1, last_id = $2
+	WHERE id = 1 AND rev = $3 AND last_id = $4 AND lease_gen = $5 AND compact_rev <= $6
+	RETURNING id
+), ins AS (
+	INSERT INTO shimd_log (id, rev, sub, kv_key, value, create_rev, version, lease, deleted)
+	SELECT r.* FROM unnest($7::bigint[], $8::bigint[], $9::bigint[], $10::bytea[], $11::bytea[],
+		$12::bigint[], $13::bigint[], $14::bigint[], $15::boolean[]) AS r, m
+	RETURNING 1
+), n AS (
+	SELECT pg_notify('` + channel + `', $1::text) FROM m
+)
+SELECT (SELECT count(*) FROM m) + 0 * (SELECT count(*) FROM n) + 0 * (SELECT count(*) FROM ins)`
+}
 
 func (dialect) BeginSnapshot(ctx context.Context, db *sql.DB) (*sql.Tx, error) {
 	return db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
