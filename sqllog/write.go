@@ -311,6 +311,8 @@ func (l *Log) appendBatch(ctx context.Context, b *batch, exp meta) (ok bool, err
 		creates[i], versions[i], leases[i], deleted[i] = c.e.create, c.e.version, c.e.lease, c.e.tombstone()
 	}
 	var matched int64
+	// The statement is its own transaction: its time is the commit's.
+	defer func(start time.Time) { commitSec.Observe(time.Since(start).Seconds()) }(time.Now())
 	err = l.be.Write.QueryRowContext(ctx, l.appendQuery, b.rev, b.lastID, exp.rev, exp.lastID, exp.leaseGen, exp.compactRev,
 		ids, revs, subs, keys, values, creates, versions, leases, deleted).Scan(&matched)
 	if err != nil {
