@@ -84,7 +84,9 @@ func TestOpsMetrics(t *testing.T) {
 			etcdURL := ref.cli.Endpoints()[0]
 			eBefore, sBefore := mustScrape(t, etcdURL+"/metrics"), mustScrape(t, clientURL+"/metrics")
 			sequence(ref)
+			seqStart := time.Now()
 			last := sequence(srv)
+			seqTime := time.Since(seqStart)
 			eAfter, sAfter := mustScrape(t, etcdURL+"/metrics"), mustScrape(t, clientURL+"/metrics")
 
 			for _, name := range counted {
@@ -129,6 +131,19 @@ func TestOpsMetrics(t *testing.T) {
 			}
 			if inserts < 1 {
 				t.Errorf("shimd_sql_statement_duration_seconds{statement=\"insert\" or \"append_batch\"} counted no appends")
+			}
+			if b.Kind == harness.KindPostgres {
+				// One statement per batch, and this process's own NOTIFYs
+				// wake no catch-up of the shared log.
+				fast := sAfter.sum("shimd_sql_statement_duration_seconds_count", "statement", "append_batch") - sBefore.sum("shimd_sql_statement_duration_seconds_count", "statement", "append_batch")
+				if fast < 1 {
+					t.Errorf("PostgreSQL: no write batch took the one-statement append")
+				}
+				// Polls: one per linearizable read (5), the periodic ones
+				// (every 100 ms) and a few stragglers, not one per write.
+				if got, max := sAfter.sum("shimd_log_polls_total")-sBefore.sum("shimd_log_polls_total"), 5+float64(seqTime/(100*time.Millisecond))+3; got > max {
+					t.Errorf("shimd_log_polls_total rose by %v in %v of this process's 12 writes (want <= %v): its own notifications woke catch-ups", got, seqTime, max)
+				}
 			}
 
 			// Gauges.
