@@ -180,7 +180,10 @@ func (l *Log) rangeKeys(ctx context.Context, key, end []byte, curRev int64, ro R
 // fetchChunk bounds the ids in one value query.
 const fetchChunk = 256
 
-// fillValues reads the values of hits from pending or the database.
+// fillValues reads the values of hits from pending, the cache or the
+// database. A read of more than one chunk runs its chunks in parallel, on as
+// many connections: a large page's values arrive in the time of the slowest
+// chunk rather than of all of them.
 func (l *Log) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyValue, pending map[int64][]byte) error {
 	var want map[int64]int
 	var ids []int64
@@ -199,45 +202,75 @@ func (l *Log) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyValue,
 		want[h.e.id] = i
 		ids = append(ids, h.e.id)
 	}
+	if len(ids) == 0 {
+		return nil
+	}
+	var chunks [][]int64
 	for len(ids) > 0 {
 		n := min(len(ids), fetchChunk)
-		chunk := ids[:n]
+		chunks = append(chunks, ids[:n])
 		ids = ids[n:]
-		size := sizeClass(len(chunk))
-		args := make([]any, size)
-		for i := range args {
-			args[i] = chunk[min(i, len(chunk)-1)]
-		}
-		query := l.q(`SELECT id, value FROM shimd_log WHERE id IN (?` + strings.Repeat(",?", size-1) + `)`)
-		start := time.Now()
-		st, err := l.stmts.get(ctx, l.be.Read, query)
-		if err != nil {
-			return fmt.Errorf("read values: %w", err)
-		}
-		rows, err := st.QueryContext(ctx, args...)
-		if err != nil {
-			return fmt.Errorf("read values: %w", err)
-		}
-		for rows.Next() {
-			var id int64
-			var v []byte
-			if err := rows.Scan(&id, &v); err != nil {
-				rows.Close()
-				return fmt.Errorf("read values: %w", err)
-			}
-			if i, ok := want[id]; ok {
-				delete(want, id)
-				kvs[i].Value = v
-				l.values.put(id, v)
-			}
-		}
-		rows.Close()
-		observe("read_values", start)
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("read values: %w", err)
+	}
+	if len(chunks) == 1 {
+		return l.fetchValues(ctx, chunks[0], want, kvs)
+	}
+	errs := make(chan error, len(chunks))
+	for _, chunk := range chunks {
+		go func() { errs <- l.fetchValues(ctx, chunk, want, kvs) }()
+	}
+	var err error
+	for range chunks {
+		if e := <-errs; err == nil {
+			err = e
 		}
 	}
-	if len(want) > 0 {
+	return err
+}
+
+// fetchValues reads the values of the row ids in chunk into kvs at the
+// places want gives. Concurrent calls write distinct places of kvs and only
+// read want.
+func (l *Log) fetchValues(ctx context.Context, chunk []int64, want map[int64]int, kvs []mvccpb.KeyValue) error {
+	size := sizeClass(len(chunk))
+	args := make([]any, size)
+	for i := range args {
+		args[i] = chunk[min(i, len(chunk)-1)]
+	}
+	query := l.q(`SELECT id, value FROM shimd_log WHERE id IN (?` + strings.Repeat(",?", size-1) + `)`)
+	start := time.Now()
+	st, err := l.stmts.get(ctx, l.be.Read, query)
+	if err != nil {
+		return fmt.Errorf("read values: %w", err)
+	}
+	rows, err := st.QueryContext(ctx, args...)
+	if err != nil {
+		return fmt.Errorf("read values: %w", err)
+	}
+	found := 0
+	for rows.Next() {
+		var id int64
+		var v []byte
+		if err := rows.Scan(&id, &v); err != nil {
+			rows.Close()
+			return fmt.Errorf("read values: %w", err)
+		}
+		if i, ok := want[id]; ok {
+			if kvs[i].Value == nil {
+				found++ // the padding repeats an id: count it once
+			}
+			if v == nil {
+				v = []byte{}
+			}
+			kvs[i].Value = v
+			l.values.put(id, v)
+		}
+	}
+	rows.Close()
+	observe("read_values", start)
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read values: %w", err)
+	}
+	if found < len(chunk) {
 		// Compaction removed a row between the index walk and this read.
 		return ErrCompacted
 	}
