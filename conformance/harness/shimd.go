@@ -45,7 +45,16 @@ type Process struct {
 	// ExtraArgs are appended to the command line (shimd-only flags such as
 	// --db-poll-interval; the self-test stand-in does not accept them).
 	ExtraArgs []string
-	Endpoint  string // client URL of the current incarnation
+	// Args, when set, replaces the whole command line: it gets the client
+	// listen address (127.0.0.1:port) of each start. For a server with
+	// other flags than shimd's (the benchmark's kine); Options, ExtraArgs
+	// and Backend.Endpoint are then not passed, readiness and stopping
+	// are the same.
+	Args func(listenAddr string) []string
+	// Dir is the server's working directory ("" = this process's), for a
+	// server that keeps its files relative to it.
+	Dir      string
+	Endpoint string // client URL of the current incarnation
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -84,7 +93,8 @@ func (p *Process) startOnce() error {
 	if err != nil {
 		return err
 	}
-	ep := fmt.Sprintf("http://127.0.0.1:%d", port)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	ep := "http://" + addr
 	args := []string{"--listen-client-urls", ep, "--data-dir", p.DataDir}
 	if p.Backend.Endpoint != "" {
 		args = append(args, "--endpoint", p.Backend.Endpoint)
@@ -103,8 +113,12 @@ func (p *Process) startOnce() error {
 	}
 	args = append(args, p.ExtraArgs...)
 	args = append(args, "--log-level", "warn")
+	if p.Args != nil {
+		args = p.Args(addr)
+	}
 
 	cmd := exec.Command(p.Bin, args...)
+	cmd.Dir = p.Dir
 	stderr := &tailBuffer{max: 64 << 10}
 	cmd.Stdout = stderr
 	cmd.Stderr = stderr
