@@ -29,6 +29,11 @@ type keyIndex struct {
 
 // at returns the change visible at rev and whether the key is live then.
 func (ki *keyIndex) at(rev int64) (entry, bool) {
+	// Most reads are at the current revision: the last change, found
+	// without a search, so that their cost does not grow with history.
+	if n := len(ki.revs); n > 0 && ki.revs[n-1].rev <= rev {
+		return ki.revs[n-1], !ki.revs[n-1].tombstone()
+	}
 	i := sort.Search(len(ki.revs), func(i int) bool { return ki.revs[i].rev > rev }) - 1
 	if i < 0 {
 		return entry{}, false

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/shimd/shimd/drivers"
 
@@ -59,8 +60,12 @@ func Open(path string) (*drivers.Backend, error) {
 	}
 	rq.Add("_pragma", "cache_size(-512)")
 	readDSN := "file:" + path + "?" + rq.Encode()
-	// Only the writer's transactions take the write lock up front.
+	// Only the writer's transactions take the write lock up front. Its
+	// commits leave checkpoints to a background connection (below), so that
+	// no commit waits for WAL pages to be copied into the file and synced;
+	// the automatic checkpoint stays, at a larger size, as a backstop.
 	q.Set("_txlock", "immediate")
+	q.Add("_pragma", fmt.Sprintf("wal_autocheckpoint(%d)", backstopPages))
 	dsn := "file:" + path + "?" + q.Encode()
 
 	write, err := sql.Open("sqlite", dsn)
@@ -86,12 +91,17 @@ func Open(path string) (*drivers.Backend, error) {
 	read.SetMaxIdleConns(4)
 	read.SetConnMaxLifetime(0)
 
+	stop := make(chan struct{})
+	stopped := make(chan struct{})
+	go checkpointer(read, stop, stopped)
 	return &drivers.Backend{
 		Name:    "sqlite",
 		Write:   write,
 		Read:    read,
 		Dialect: dialect{},
 		Close: func() error {
+			close(stop)
+			<-stopped
 			err := read.Close()
 			if werr := write.Close(); err == nil {
 				err = werr
@@ -100,6 +110,33 @@ func Open(path string) (*drivers.Backend, error) {
 			return err
 		},
 	}, nil
+}
+
+// checkpointInterval is how often the background checkpoint runs, and
+// backstopPages the WAL size (in pages) at which a commit checkpoints by
+// itself, should the background fall behind.
+const (
+	checkpointInterval = 100 * time.Millisecond
+	backstopPages      = 16384
+)
+
+// checkpointer copies committed WAL pages into the database file in the
+// background. PASSIVE never waits for readers or the writer; the WAL is
+// reused from its start by the first commit after a complete checkpoint.
+func checkpointer(db *sql.DB, stop <-chan struct{}, stopped chan<- struct{}) {
+	defer close(stopped)
+	t := time.NewTicker(checkpointInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		// An error (a busy database, say) is retried on the next tick; the
+		// backstop bounds the WAL meanwhile.
+		db.Exec(`PRAGMA wal_checkpoint(PASSIVE)`)
+	}
 }
 
 type dialect struct{}
@@ -171,10 +208,26 @@ func (dialect) Defragment(ctx context.Context, db *sql.DB) error {
 	if _, err := db.ExecContext(ctx, `VACUUM`); err != nil {
 		return fmt.Errorf("sqlite: vacuum: %w", err)
 	}
-	if _, err := db.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
-		return fmt.Errorf("sqlite: checkpoint: %w", err)
+	// The background checkpointer may hold the checkpoint for a moment:
+	// then this one reports busy, and is tried again.
+	for try := 0; ; try++ {
+		var busy, log, done int64
+		err := db.QueryRowContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`).Scan(&busy, &log, &done)
+		if err == nil && busy == 0 {
+			return nil
+		}
+		if try == 50 {
+			if err != nil {
+				return fmt.Errorf("sqlite: checkpoint: %w", err)
+			}
+			return nil // the WAL is truncated by a later checkpoint
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
-	return nil
 }
 
 // A deferred transaction in WAL mode reads one snapshot from its first read.
