@@ -12,7 +12,9 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -20,6 +22,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/h2c"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 
 	"github.com/shimd/shimd/compact"
 	"github.com/shimd/shimd/drivers"
@@ -84,10 +87,21 @@ func openLog(ctx context.Context, cfg *config, lg *slog.Logger) (*sqllog.Log, er
 	return log, nil
 }
 
-// dispatch sends gRPC requests to g and the rest to h.
-func dispatch(g *grpc.Server, h http.Handler) http.Handler {
+// dispatch sends gRPC requests to g and the rest to h. Once draining is
+// set (shutdown), it answers new gRPC requests UNAVAILABLE itself: a
+// stopping grpc.Server's ServeHTTP returns without writing anything, which
+// a client reads as a malformed response (200, no content-type) instead of
+// an error it knows to retry elsewhere.
+func dispatch(g *grpc.Server, h http.Handler, draining *atomic.Bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			if draining.Load() {
+				w.Header().Set("Content-Type", "application/grpc")
+				w.Header().Set("Grpc-Status", strconv.Itoa(int(codes.Unavailable)))
+				w.Header().Set("Grpc-Message", "shimd is shutting down")
+				w.WriteHeader(http.StatusOK)
+				return
+			}
 			g.ServeHTTP(w, r)
 			return
 		}
@@ -199,8 +213,9 @@ func run(ctx context.Context, cfg *config) error {
 	// Over TLS, net/http negotiates HTTP/2 itself and hands gRPC requests
 	// (by content type) to the gRPC server, as etcd does; the health and
 	// metrics endpoints then work over h2 and HTTP/1.1 alike.
+	var draining atomic.Bool
 	tlsSrv := &http.Server{
-		Handler:           dispatch(g, httpSrv.Handler),
+		Handler:           dispatch(g, httpSrv.Handler, &draining),
 		TLSConfig:         tc,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          httpLog,
@@ -251,6 +266,7 @@ func run(ctx context.Context, cfg *config) error {
 		}
 	}
 	// Let in-flight requests finish, but do not wait on clients forever.
+	draining.Store(true)
 	stopped := make(chan struct{})
 	go func() { g.GracefulStop(); close(stopped) }()
 	select {
