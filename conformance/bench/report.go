@@ -528,22 +528,19 @@ func (r *report) printWritePath(w io.Writer) {
 			}
 			return fmt.Sprintf("%.2f", wall*1000/b), true
 		})
-		add("commit ms × count (etcd: bbolt; shimd: SQL COMMIT)", func(t string) (string, bool) {
-			c, ok := r.value(t, ph+".commitms")
-			if !ok {
-				return "—", false
+		// msTimes shows a mean time in ms and how many times it was taken.
+		msTimes := func(ms, count string) func(t string) (string, bool) {
+			return func(t string) (string, bool) {
+				c, ok := r.value(t, ph+ms)
+				if !ok {
+					return "—", false
+				}
+				k, _ := r.value(t, ph+count)
+				return fmt.Sprintf("%.2f ×%.0f", c, k), true
 			}
-			k, _ := r.value(t, ph+".commits")
-			return fmt.Sprintf("%.2f ×%.0f", c, k), true
-		})
-		add("etcd WAL fsync ms × count", func(t string) (string, bool) {
-			c, ok := r.value(t, ph+".fsyncms")
-			if !ok {
-				return "—", false
-			}
-			k, _ := r.value(t, ph+".fsyncs")
-			return fmt.Sprintf("%.2f ×%.0f", c, k), true
-		})
+		}
+		add("commit ms × count (etcd: bbolt; shimd: SQL COMMIT)", msTimes(".commitms", ".commits"))
+		add("etcd WAL fsync ms × count", msTimes(".fsyncms", ".fsyncs"))
 		stmts := map[string]bool{}
 		for _, run := range r.runs {
 			for _, res := range run {
