@@ -364,21 +364,22 @@ func fail(reqs []*writeReq, err error) {
 // database has moved on from exp, memory catches up and the requests run
 // (again) against b's replacement.
 func (l *Log) commitLocked(ctx context.Context, reqs []*writeReq, b *batch, exp meta) {
-	tx, err := l.be.Dialect.BeginWrite(ctx, l.be.Write)
-	if err != nil {
+	// abort undoes the batch staged so far and fails the requests.
+	abort := func(err error) {
 		if b != nil {
 			b.unstage(l, 0)
 		}
-		fail(reqs, fmt.Errorf("begin write: %w", err))
+		fail(reqs, err)
+	}
+	tx, err := l.be.Dialect.BeginWrite(ctx, l.be.Write)
+	if err != nil {
+		abort(fmt.Errorf("begin write: %w", err))
 		return
 	}
 	defer tx.Rollback()
 	m, err := l.readMeta(ctx, tx)
 	if err != nil {
-		if b != nil {
-			b.unstage(l, 0)
-		}
-		fail(reqs, err)
+		abort(err)
 		return
 	}
 	if b == nil || m.rev != exp.rev || m.lastID != exp.lastID || m.compactRev > exp.compactRev || m.leaseGen != exp.leaseGen {
@@ -405,18 +406,15 @@ func (l *Log) commitLocked(ctx context.Context, reqs []*writeReq, b *batch, exp 
 		return
 	}
 	if err := l.insert(ctx, tx, b); err != nil {
-		b.unstage(l, 0)
-		fail(reqs, err)
+		abort(err)
 		return
 	}
 	if err := l.writeLeaseOps(ctx, tx, b.leaseOps); err != nil {
-		b.unstage(l, 0)
-		fail(reqs, err)
+		abort(err)
 		return
 	}
 	if err := l.advance(ctx, tx, b); err != nil {
-		b.unstage(l, 0)
-		fail(reqs, err)
+		abort(err)
 		return
 	}
 	start := time.Now()
@@ -424,8 +422,7 @@ func (l *Log) commitLocked(ctx context.Context, reqs []*writeReq, b *batch, exp 
 	commitSec.Observe(time.Since(start).Seconds())
 	if err != nil {
 		l.unsure = true
-		b.unstage(l, 0)
-		fail(reqs, fmt.Errorf("commit: %w", err))
+		abort(fmt.Errorf("commit: %w", err))
 		return
 	}
 	l.apply(b)
