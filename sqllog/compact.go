@@ -22,7 +22,7 @@ func (l *Log) Compact(ctx context.Context, rev int64) (<-chan struct{}, error) {
 		return nil, fmt.Errorf("begin compaction: %w", err)
 	}
 	defer tx.Rollback()
-	m, err := l.readMeta(ctx, tx)
+	m, err := l.readMeta(ctx, tx, true)
 	if err != nil {
 		return nil, err
 	}
@@ -42,16 +42,22 @@ func (l *Log) Compact(ctx context.Context, rev int64) (<-chan struct{}, error) {
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("record compaction: %w", err)
 	}
-	return l.compactIndex(rev, prev, true), nil
+	return l.compactIndex(rev, prev), nil
 }
 
-// compactIndex compacts the index at rev and, if deleteRows, queues its
-// garbage rows for deletion, remembering the compaction's hash first when
-// prev (the compact revision before) is known (not -1). Only the process that compacts (or one that
-// starts and finds a compaction unfinished) deletes rows; the others sharing
-// the database only drop them from their index. A crash before the rows are
-// gone is harmless: the next start finds the same garbage.
-func (l *Log) compactIndex(rev, prev int64, deleteRows bool) <-chan struct{} {
+// compactIndex compacts the index at rev and queues its garbage rows for
+// deletion, remembering the compaction's hash first when prev (the compact
+// revision before) is known (not -1), which only the compacting process
+// knows.
+//
+// Every process deletes the garbage of every compaction it applies, whoever
+// ran it, in compaction order and, within one, each key's rows oldest
+// first. So a key's tombstone is never gone while an older row of that key
+// is still there, whichever deleter is paused or dead: a process rebuilding
+// its index from the rows (see reload) never takes a superseded put for
+// the latest. Deleting a row twice costs an index probe. A crash before the
+// rows are gone is harmless: the next start finds the same garbage.
+func (l *Log) compactIndex(rev, prev int64) <-chan struct{} {
 	l.mu.Lock()
 	garbage, freed := l.idx.compact(rev)
 	l.compactRev = rev
@@ -59,9 +65,6 @@ func (l *Log) compactIndex(rev, prev int64, deleteRows bool) <-chan struct{} {
 	l.liveRows -= int64(len(garbage))
 	l.mu.Unlock()
 	compactRevGauge.Set(float64(rev))
-	if !deleteRows {
-		return l.compactor.enqueue(compactJob{})
-	}
 	job := compactJob{ids: garbage}
 	if prev >= 0 {
 		job.rev, job.prev = rev, prev

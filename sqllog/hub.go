@@ -2,6 +2,8 @@ package sqllog
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"math"
 	"sync"
 	"time"
@@ -116,6 +118,25 @@ func (h *hub) progressIfSync(ws []*watcher, id int64) bool {
 	return true
 }
 
+// jump is told that the log was rebuilt at rev from the database: the
+// revisions after the last one fanned out never reached the hub, and some
+// may have been compacted away. Every watcher goes back to catching up from
+// the log, where those whose next revision is compacted are cancelled; the
+// cache, which would have a gap, is emptied.
+func (h *hub) jump(rev int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.synced.all(func(w *watcher) {
+		// An in-sync watcher has had everything up to h.rev.
+		w.minRev = max(w.minRev, h.rev+1)
+		h.unsynced[w] = struct{}{}
+	})
+	h.synced = newWatcherGroup()
+	h.cache = eventCache{}
+	h.rev = rev
+	h.kick()
+}
+
 // notify fans out the events of revision rev, committed in order.
 func (h *hub) notify(rev int64, evs []mvccpb.Event) {
 	h.mu.Lock()
@@ -211,6 +232,12 @@ func (h *hub) syncWatchers() int {
 	}
 
 	evs, upTo, err := h.history(minRev, curRev)
+	var compacted *compactedError
+	if errors.As(err, &compacted) {
+		// Compacted in the database before this process heard of it.
+		h.cancelCompacted(chosen, from, compacted.rev, now)
+		return h.lagging()
+	}
 	if err != nil {
 		h.l.lg.Warn("watch: reading history failed; will retry", "err", err)
 		return h.lagging()
@@ -259,6 +286,25 @@ func (h *hub) syncWatchers() int {
 		h.synced.add(w)
 	}
 	return len(h.unsynced)
+}
+
+// cancelCompacted cancels the chosen watchers whose next revision is below
+// compactRev, as compacted; the others are caught up on the next pass.
+func (h *hub) cancelCompacted(chosen []*watcher, from map[*watcher]int64, compactRev int64, now time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, w := range chosen {
+		if _, still := h.unsynced[w]; !still || w.minRev != from[w] || w.minRev >= compactRev {
+			continue
+		}
+		if w.send(WatchResponse{WatchID: w.id, CompactRevision: compactRev}) {
+			w.compacted = true
+			delete(h.unsynced, w)
+		} else {
+			w.backoff(now)
+		}
+	}
+	h.kick()
 }
 
 func (h *hub) lagging() int {
@@ -330,12 +376,43 @@ func (c *eventCache) get(from, to int64) ([]mvccpb.Event, bool) {
 	return evs, true
 }
 
+// compactedError reports that the database has been compacted at rev, above
+// the revision a read of history started from.
+type compactedError struct{ rev int64 }
+
+func (e *compactedError) Error() string {
+	return fmt.Sprintf("history compacted at revision %d", e.rev)
+}
+
 // readEvents reads the events of revisions from..to from the log, at most
 // about limit rows and maxBytes of keys and values, cut at a revision
 // boundary (a single revision is always read whole). It returns the last
-// revision it covers.
+// revision it covers. It reads in one snapshot with the compact revision:
+// rows at or above the compact revision are never deleted, so the events are
+// complete, or it fails with a *compactedError when that is above from (some
+// of the rows may be gone, whether or not this process knows yet).
 func (l *Log) readEvents(ctx context.Context, from, to int64, limit, maxBytes int) ([]mvccpb.Event, int64, error) {
-	rows, err := l.be.Read.QueryContext(ctx, l.q(`SELECT rev, kv_key, value, create_rev, version, lease, deleted FROM shimd_log WHERE rev >= ? AND rev <= ? ORDER BY id LIMIT ?`), from, to, limit+1)
+	tx, err := l.be.Dialect.BeginSnapshot(ctx, l.be.Read)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer tx.Rollback()
+	var compactRev int64
+	if err := tx.QueryRowContext(ctx, `SELECT compact_rev FROM shimd_meta WHERE id = 1`).Scan(&compactRev); err != nil {
+		return nil, 0, err
+	}
+	if compactRev > from {
+		return nil, 0, &compactedError{rev: compactRev}
+	}
+	evs, upTo, err := l.readEventsIn(ctx, tx, from, to, limit, maxBytes)
+	if err != nil {
+		return nil, 0, err
+	}
+	return evs, upTo, tx.Commit()
+}
+
+func (l *Log) readEventsIn(ctx context.Context, q queryer, from, to int64, limit, maxBytes int) ([]mvccpb.Event, int64, error) {
+	rows, err := q.QueryContext(ctx, l.q(`SELECT rev, kv_key, value, create_rev, version, lease, deleted FROM shimd_log WHERE rev >= ? AND rev <= ? ORDER BY id LIMIT ?`), from, to, limit+1)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -358,6 +435,7 @@ func (l *Log) readEvents(ctx context.Context, from, to int64, limit, maxBytes in
 	if err := rows.Err(); err != nil {
 		return nil, 0, err
 	}
+	rows.Close()
 	if len(evs) <= limit && !full {
 		return evs, to, nil
 	}
@@ -365,7 +443,7 @@ func (l *Log) readEvents(ctx context.Context, from, to int64, limit, maxBytes in
 	// the only one, which is then read whole.
 	last := evs[len(evs)-1].Kv.ModRevision
 	if evs[0].Kv.ModRevision == last {
-		all, _, err := l.readEvents(ctx, last, last, math.MaxInt32, math.MaxInt)
+		all, _, err := l.readEventsIn(ctx, q, last, last, math.MaxInt32, math.MaxInt)
 		return all, last, err
 	}
 	i := len(evs)

@@ -6,11 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"strconv"
 	"sync"
 	"time"
-
-	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/shimd/shimd/drivers"
 )
@@ -121,7 +118,7 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 	}
 	registerPool(be.Read, "shimd_read")
 	registerPool(be.Write, "shimd_write")
-	m, err := l.readMeta(ctx, be.Read)
+	m, err := l.readMeta(ctx, be.Read, false)
 	if err != nil {
 		return nil, err
 	}
@@ -130,7 +127,7 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 	}
 	l.clusterID = uint64(m.clusterID)
 	l.compactor.start(l)
-	if err := l.catchUp(ctx, be.Read, m); err != nil {
+	if err := l.load(ctx); err != nil {
 		l.compactor.stop()
 		return nil, err
 	}
@@ -226,7 +223,7 @@ func (l *Log) initSchema(ctx context.Context) error {
 			SchemaVersion, clusterID); err != nil {
 			// Another process starting at the same time got there first.
 			tx.Rollback()
-			if _, merr := l.readMeta(ctx, l.be.Write); merr == nil {
+			if _, merr := l.readMeta(ctx, l.be.Write, false); merr == nil {
 				return nil
 			}
 			return fmt.Errorf("init meta: %w", err)
@@ -249,11 +246,12 @@ type queryer interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
-// readMeta reads the meta row; inside a write transaction it also locks it.
-func (l *Log) readMeta(ctx context.Context, q queryer) (meta, error) {
+// readMeta reads the meta row; with lock (inside a write transaction) it
+// also locks it until the transaction ends.
+func (l *Log) readMeta(ctx context.Context, q queryer, lock bool) (meta, error) {
 	var m meta
 	query := `SELECT schema_version, rev, last_id, compact_rev, lease_gen, cluster_id FROM shimd_meta WHERE id = 1`
-	if _, inTx := q.(*sql.Tx); inTx {
+	if lock {
 		query += l.be.Dialect.ForUpdate()
 	}
 	err := q.QueryRowContext(ctx, query).Scan(&m.schemaVersion, &m.rev, &m.lastID, &m.compactRev, &m.leaseGen, &m.clusterID)
@@ -261,152 +259,4 @@ func (l *Log) readMeta(ctx context.Context, q queryer) (meta, error) {
 		return m, fmt.Errorf("read meta: %w", err)
 	}
 	return m, nil
-}
-
-// catchUp applies the rows committed after the index's revision up to m.rev,
-// then any compaction recorded in m, and hands the new events to the
-// watchers. The caller holds applyMu (or is Open, before there are watchers).
-func (l *Log) catchUp(ctx context.Context, q queryer, m meta) error {
-	if m.rev < l.rev {
-		return fmt.Errorf("database revision %d is behind this process's %d: the database was replaced or restored underneath shimd", m.rev, l.rev)
-	}
-	if m.rev > l.rev {
-		// Values are only needed for watchers; the initial load skips them.
-		loading := l.hub.l == nil
-		value := "value"
-		if loading {
-			value = "NULL"
-		}
-		rows, err := q.QueryContext(ctx, l.q(`SELECT id, rev, sub, kv_key, `+value+`, LENGTH(value), create_rev, version, lease, deleted FROM shimd_log WHERE rev > ? AND rev <= ? ORDER BY id`), l.rev, m.rev)
-		if err != nil {
-			return fmt.Errorf("read log: %w", err)
-		}
-		var batch []Change
-		for rows.Next() {
-			var c Change
-			var deleted bool
-			var vlen int64
-			if err := rows.Scan(&c.e.id, &c.e.rev, &c.sub, &c.Key, &c.Value, &vlen, &c.e.create, &c.e.version, &c.e.lease, &deleted); err != nil {
-				rows.Close()
-				return fmt.Errorf("read log: %w", err)
-			}
-			if deleted {
-				c.e.version = 0
-			}
-			c.e.size = int64(len(c.Key)) + vlen
-			batch = append(batch, c)
-		}
-		if err := rows.Close(); err != nil {
-			return fmt.Errorf("read log: %w", err)
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("read log: %w", err)
-		}
-		l.mu.Lock()
-		for _, c := range batch {
-			l.idx.add(c.Key, c.e)
-			l.liveBytes += c.e.size
-			l.liveRows++
-		}
-		l.applyAttachments(batch)
-		l.rev = m.rev
-		l.lastID = m.lastID
-		l.mu.Unlock()
-		currentRevGauge.Set(float64(m.rev))
-		if !loading {
-			for _, c := range batch {
-				if !c.e.tombstone() {
-					l.values.put(c.e.id, c.Value)
-				}
-			}
-			l.notifyWatchers(batch)
-		}
-	}
-	if m.compactRev > l.CompactRev() {
-		// Loading at start: finish a compaction a crash interrupted.
-		l.compactIndex(m.compactRev, -1, l.hub.l == nil)
-	}
-	if m.leaseGen != l.leaseGen {
-		// Another process granted or revoked leases.
-		if err := l.loadLeases(ctx, q); err != nil {
-			return err
-		}
-		l.mu.Lock()
-		l.leaseGen = m.leaseGen
-		l.mu.Unlock()
-	}
-	return nil
-}
-
-// notifyWatchers hands committed changes, in log order, to the watchers, one
-// revision at a time.
-func (l *Log) notifyWatchers(changes []Change) {
-	for i := 0; i < len(changes); {
-		rev := changes[i].e.rev
-		var evs []mvccpb.Event
-		for ; i < len(changes) && changes[i].e.rev == rev; i++ {
-			c := changes[i]
-			evs = append(evs, event(&mvccpb.KeyValue{Key: c.Key, Value: c.Value, CreateRevision: c.e.create, ModRevision: c.e.rev, Version: c.e.version, Lease: c.e.lease}, c.e.tombstone()))
-		}
-		l.hub.notify(rev, evs)
-	}
-}
-
-// DefaultPollInterval is how often a shared database is polled for other
-// processes' commits.
-const DefaultPollInterval = 100 * time.Millisecond
-
-// follow keeps the index and the watchers up with commits by other processes
-// sharing the database: at once when the database notifies, else by polling.
-func (l *Log) follow(interval time.Duration) {
-	if interval <= 0 {
-		interval = DefaultPollInterval
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	wake := make(chan struct{}, 1)
-	poke := func(payload string) {
-		if rev, err := strconv.ParseInt(payload, 10, 64); err == nil {
-			// A revision this process has applied needs no catch-up: most
-			// often it is this process's own commit. Wait for a batch being
-			// applied (its NOTIFY may arrive first) before deciding.
-			l.applyMu.Lock()
-			l.applyMu.Unlock()
-			if rev <= l.Rev() {
-				return
-			}
-		}
-		select {
-		case wake <- struct{}{}:
-		default:
-		}
-	}
-	if l.be.Listen != nil {
-		l.follower.Add(1)
-		go func() {
-			defer l.follower.Done()
-			l.be.Listen(ctx, poke)
-		}()
-	}
-	l.follower.Add(1)
-	go func() {
-		defer l.follower.Done()
-		defer cancel()
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-l.quit:
-				return
-			case <-t.C:
-			case <-wake:
-			}
-			err := l.sync(ctx)
-			if err == nil {
-				err = l.loadAlarms(ctx)
-			}
-			if err != nil && ctx.Err() == nil {
-				l.lg.Warn("following the shared log failed; will retry", "err", err)
-			}
-		}
-	}()
 }

@@ -51,11 +51,14 @@ var (
 	polls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "shimd", Subsystem: "log", Name: "polls_total",
 		Help: "Polls of a shared database for other processes' commits, by whether they found any."}, []string{"result"})
+	reloads = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "shimd", Subsystem: "log", Name: "index_rebuilds_total",
+		Help: "Times this process fell behind a compaction of the shared log and rebuilt its index from the database."})
 )
 
 func init() {
 	prometheus.MustRegister(rangeCounter, putCounter, deleteCounter, txnCounter, currentRevGauge, compactRevGauge,
-		watcherGauge, slowWatcherGauge, watchStreamGauge, eventsCounter, commitSec, statementSec, batchSize, followerLag, polls)
+		watcherGauge, slowWatcherGauge, watchStreamGauge, eventsCounter, commitSec, statementSec, batchSize, followerLag, polls, reloads)
 }
 
 // observe records how long statement took since start.

@@ -76,46 +76,6 @@ func (v *readView) Range(ctx context.Context, key, end []byte, ro RangeOptions) 
 	return v.l.rangeKeys(ctx, key, end, v.rev, ro, nil)
 }
 
-// Barrier makes this process current with the database: on a shared
-// database it applies, and hands to watchers, everything other processes
-// committed before the call. Elsewhere it does nothing.
-func (l *Log) Barrier(ctx context.Context) error {
-	if !l.be.Shared {
-		return nil
-	}
-	return l.sync(ctx)
-}
-
-// sync catches the index up with the database's committed revision.
-func (l *Log) sync(ctx context.Context) error {
-	start := time.Now()
-	m, err := l.readMeta(ctx, l.be.Read)
-	observe("read_meta", start)
-	if err != nil {
-		return err
-	}
-	l.mu.RLock()
-	current := m.rev <= l.rev && m.compactRev <= l.compactRev && m.leaseGen == l.leaseGen
-	followerLag.Set(float64(max(0, m.rev-l.rev)))
-	l.mu.RUnlock()
-	if current {
-		polls.WithLabelValues("idle").Inc()
-		return nil
-	}
-	polls.WithLabelValues("changed").Inc()
-	l.applyMu.Lock()
-	defer l.applyMu.Unlock()
-	m, err = l.readMeta(ctx, l.be.Read)
-	if err != nil {
-		return err
-	}
-	if err := l.catchUp(ctx, l.be.Read, m); err != nil {
-		return err
-	}
-	l.notify(m.rev)
-	return nil
-}
-
 type hit struct {
 	key []byte
 	e   entry
@@ -290,6 +250,6 @@ func (l *Log) KVAt(ctx context.Context, key []byte, rev int64) (*mvccpb.KeyValue
 
 // Ping checks that the database answers.
 func (l *Log) Ping(ctx context.Context) error {
-	_, err := l.readMeta(ctx, l.be.Read)
+	_, err := l.readMeta(ctx, l.be.Read, false)
 	return err
 }

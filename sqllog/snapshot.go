@@ -27,7 +27,7 @@ func (l *Log) WriteSnapshot(ctx context.Context, w io.Writer) error {
 		return fmt.Errorf("snapshot: %w", err)
 	}
 	defer tx.Rollback()
-	m, err := l.readMeta(ctx, l.be.Read)
+	m, err := l.readMeta(ctx, l.be.Read, false)
 	if err != nil {
 		return err
 	}

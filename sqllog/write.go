@@ -241,7 +241,7 @@ func (l *Log) commit(reqs []*writeReq) {
 			return // memory is the truth: one process owns the database
 		}
 		// Read-only outcomes (a failed compare) must not be stale.
-		m, err := l.readMeta(ctx, l.be.Read)
+		m, err := l.readMeta(ctx, l.be.Read, false)
 		if err != nil {
 			fail(reqs, err)
 			return
@@ -377,7 +377,7 @@ func (l *Log) commitLocked(ctx context.Context, reqs []*writeReq, b *batch, exp 
 		return
 	}
 	defer tx.Rollback()
-	m, err := l.readMeta(ctx, tx)
+	m, err := l.readMeta(ctx, tx, true)
 	if err != nil {
 		abort(err)
 		return
