@@ -21,7 +21,11 @@ USER 65532:65532
 # it. With --endpoint naming PostgreSQL or MySQL nothing is stored in it.
 VOLUME /var/lib/shimd
 # Clients: etcd's gRPC API, and HTTP /health, /livez, /readyz, /version and
-# /metrics on the same port.
+# /metrics on the same port. shimd's default, http://127.0.0.1:2379, reaches
+# nothing outside the container: opening the port is the user's choice, made
+# with --listen-client-urls, in cleartext (http://0.0.0.0:2379) or better
+# with TLS (https://0.0.0.0:2379 and --cert-file, --key-file,
+# --trusted-ca-file, --client-cert-auth). See docs/operations.md.
 EXPOSE 2379
 # Healthy while the database answers. NOSPACE is excluded: a full quota
 # needs an operator (compact, defragment, disarm), not a restart. The check
@@ -30,4 +34,4 @@ EXPOSE 2379
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
   CMD ["/usr/local/bin/shimd", "healthcheck", "--url", "http://127.0.0.1:2379/health?exclude=NOSPACE"]
 # Flags given to `docker run IMAGE ...` are appended, and win over these.
-ENTRYPOINT ["/usr/local/bin/shimd", "--data-dir=/var/lib/shimd", "--listen-client-urls=http://0.0.0.0:2379"]
+ENTRYPOINT ["/usr/local/bin/shimd", "--data-dir=/var/lib/shimd"]

@@ -2,6 +2,8 @@ package conformance
 
 import (
 	"encoding/json"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +19,9 @@ import (
 
 // TestOpsDockerfile checks ../Dockerfile without a container engine: the
 // build stage's COPY lines bring every package the binary needs (the build
-// runs on a copy of exactly those files), and the HEALTHCHECK command, run
+// runs on a copy of exactly those files), the image listens in cleartext on
+// the container's loopback only unless the user asks for more (see
+// checkDockerListen), and the HEALTHCHECK command, run
 // as written against a shimd, passes while it is healthy (also with NOSPACE
 // raised) and fails once it is gone.
 func TestOpsDockerfile(t *testing.T) {
@@ -57,6 +61,8 @@ func TestOpsDockerfile(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Errorf("the Dockerfile's build stage does not build: the files it copies are not enough:\n%s", out)
 	}
+
+	checkDockerListen(t, lines)
 
 	var hc []string
 	re := regexp.MustCompile(`(?m)^HEALTHCHECK\b.*?\bCMD\s+(\[.*\])\s*$`)
@@ -98,4 +104,72 @@ func TestOpsDockerfile(t *testing.T) {
 		t.Errorf("HEALTHCHECK %v with shimd stopped: exit 0", hc)
 	}
 	srv.proc.Start() // for the cleanup's stop
+}
+
+// checkDockerListen fails t if the image, as its ENTRYPOINT and ENV start
+// shimd with no flags of the user's, listens in cleartext (http://) beyond
+// the container's loopback: reachable from every network that reaches the
+// container, with no TLS, and without the user having asked. Listen URLs not
+// given there are shimd's defaults, read from `shimd --help`.
+func checkDockerListen(t *testing.T, lines []string) {
+	t.Helper()
+	var entry []string
+	env := map[string]string{}
+	for _, l := range lines {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		switch strings.ToUpper(f[0]) {
+		case "ENTRYPOINT":
+			if err := json.Unmarshal([]byte(strings.TrimSpace(l[len(f[0]):])), &entry); err != nil {
+				t.Fatalf("ENTRYPOINT %s: want the exec form (the image has no shell): %v", l, err)
+			}
+		case "ENV":
+			if !strings.Contains(f[1], "=") { // ENV KEY VALUE
+				env[f[1]] = strings.Join(f[2:], " ")
+				break
+			}
+			for _, kv := range f[1:] {
+				k, v, _ := strings.Cut(kv, "=")
+				env[k] = strings.Trim(v, `"`)
+			}
+		}
+	}
+	if len(entry) == 0 || entry[0] != "/usr/local/bin/shimd" {
+		t.Fatalf("ENTRYPOINT %q: want /usr/local/bin/shimd and its flags", entry)
+	}
+	help := runShimd(t, "", opsEnv(), 30*time.Second, "--help")
+	for _, flag := range []string{"listen-client-urls", "listen-metrics-urls"} {
+		value, from := "", ""
+		if m := regexp.MustCompile(`(?m)^  --` + flag + ` .*\n.*\(default "([^"]*)"\)$`).FindStringSubmatch(help.stdout + help.stderr); m != nil {
+			value, from = m[1], "shimd's default"
+		}
+		if v, ok := env["SHIMD_"+strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))]; ok {
+			value, from = v, "ENV"
+		}
+		for i, a := range entry[1:] {
+			a = strings.TrimLeft(a, "-")
+			if v, ok := strings.CutPrefix(a, flag+"="); ok {
+				value, from = v, "ENTRYPOINT"
+			} else if a == flag && i+2 < len(entry) {
+				value, from = entry[i+2], "ENTRYPOINT"
+			}
+		}
+		if value == "" && flag == "listen-client-urls" {
+			t.Fatalf("cannot tell the image's --%s: not in ENTRYPOINT or ENV, and no default in shimd --help", flag)
+		}
+		for _, raw := range strings.Split(value, ",") {
+			u, err := url.Parse(strings.TrimSpace(raw))
+			if raw == "" || err != nil {
+				continue
+			}
+			ip := net.ParseIP(u.Hostname())
+			loopback := u.Hostname() == "localhost" || (ip != nil && ip.IsLoopback())
+			if u.Scheme == "http" && !loopback {
+				t.Errorf("the image listens on %s (--%s, from %s): cleartext beyond the container's loopback without the user asking", raw, flag, from)
+			}
+		}
+		t.Logf("image --%s: %q (%s)", flag, value, from)
+	}
 }

@@ -85,6 +85,7 @@ const healthWait = 5 * time.Second
 // shared server: first refusing connections (a stopped database), then
 // accepting and never answering (a partition). Each time every health
 // signal must turn bad promptly, and good again once the proxy forwards.
+// The HTTP answers give a generic reason, the driver's error going to the log.
 func TestOpsHealthDatabaseDown(t *testing.T) {
 	requireShimd(t, "database health")
 	for _, b := range sharedBackends() {
@@ -126,6 +127,12 @@ func TestOpsHealthDatabaseDown(t *testing.T) {
 						h.grpc == "NOT_SERVING" && h.hasLeader == 0
 					return ok, h.String()
 				})
+				checkHealthReasons(t, readHealth(srv, base), mode, []string{proxy.addr, target, st.Name, dsnUser(bk.Endpoint)})
+				for _, msg := range []string{`msg="serving /health false" reason="DATABASE UNREACHABLE" err=`, `msg="health check failed" path=/livez check=serializable_read reason="database unreachable" err=`} {
+					if !strings.Contains(srv.proc.Output(), msg) {
+						t.Errorf("with the database %s, shimd's log has no %s", mode, msg)
+					}
+				}
 				if out, err := runShimdHealthcheck(t, base+"/health"); err == nil {
 					t.Errorf("shimd healthcheck exited 0 with the database %s: %s", mode, out)
 				}
@@ -144,6 +151,45 @@ func TestOpsHealthDatabaseDown(t *testing.T) {
 			}
 		})
 	}
+}
+
+// checkHealthReasons fails t unless every HTTP health answer in h gives only
+// a generic reason: the driver's error names the database user, name and
+// host (secret is a list of those), and belongs in the log, not in answers
+// to whoever reaches a health port.
+func checkHealthReasons(t *testing.T, h healthState, mode proxyMode, secret []string) {
+	t.Helper()
+	for _, a := range []httpAnswer{h.health, h.excl} {
+		if _, r := etcdHealth(a); r != "DATABASE UNREACHABLE" {
+			t.Errorf("with the database %s, /health's reason is %q, want just DATABASE UNREACHABLE", mode, r)
+		}
+	}
+	line := regexp.MustCompile(`^(\[\+\]\w+ ok|\[-\]\w+ failed: database unreachable|(livez|readyz) check failed)$`)
+	for _, a := range []httpAnswer{h.livez, h.readyz} {
+		for _, l := range strings.Split(strings.TrimSpace(a.body), "\n") {
+			if !line.MatchString(l) {
+				t.Errorf("with the database %s, /livez or /readyz says %q, want only generic reasons", mode, l)
+			}
+		}
+	}
+	for _, a := range []httpAnswer{h.health, h.excl, h.livez, h.readyz} {
+		for _, s := range secret {
+			if s != "" && strings.Contains(a.body, s) {
+				t.Errorf("with the database %s, a health answer names %q: %s", mode, s, a)
+			}
+		}
+	}
+}
+
+// dsnUser is the database user named in a postgres:// or mysql:// DSN.
+func dsnUser(dsn string) string {
+	if m := regexp.MustCompile(`^mysql://([^:@/]+)[:@]`).FindStringSubmatch(dsn); m != nil {
+		return m[1]
+	}
+	if u, err := url.Parse(dsn); err == nil && u.User != nil {
+		return u.User.Username()
+	}
+	return ""
 }
 
 // viaProxyEndpoint returns the database server address of a store's

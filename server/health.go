@@ -16,21 +16,36 @@ import (
 // healthTimeout bounds the database check behind a health request.
 const healthTimeout = 2 * time.Second
 
+// What the health endpoints say when the database does not answer. The
+// driver's error names the database user, name and host, which are no
+// business of whoever can reach a health or metrics port: it goes to the log.
+const (
+	reasonDBUnreachable = "DATABASE UNREACHABLE" // /health, as etcd's "RANGE ERROR"
+	checkDBUnreachable  = "database unreachable" // /livez, /readyz
+)
+
 // Health reports whether this member can serve: the database answers and,
 // unless excluded, no alarm is raised (etcd's /health fails on alarms too).
+// The reason is fit to show any client; healthDetail adds the error.
 func (s *Server) Health(ctx context.Context, exclude map[string]bool) (bool, string) {
+	ok, reason, _ := s.healthDetail(ctx, exclude)
+	return ok, reason
+}
+
+// healthDetail is Health and the error behind a failure, for the log.
+func (s *Server) healthDetail(ctx context.Context, exclude map[string]bool) (bool, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, healthTimeout)
 	defer cancel()
 	if err := s.log.Ping(ctx); err != nil {
-		return false, "DATABASE UNREACHABLE: " + err.Error()
+		return false, reasonDBUnreachable, err
 	}
 	for _, a := range s.log.Alarms() {
 		name := pb.AlarmType(a.Type).String()
 		if !exclude[name] {
-			return false, "ALARM " + name
+			return false, "ALARM " + name, nil
 		}
 	}
-	return true, ""
+	return true, "", nil
 }
 
 // healthLoop keeps the grpc.health.v1 status in step with Health, and
@@ -62,16 +77,18 @@ func (s *Server) healthLoop(ctx context.Context, hs *health.Server) {
 	}
 }
 
-// check is one named check of /livez or /readyz; it returns "" when fine.
+// check is one named check of /livez or /readyz. run returns "" when fine,
+// else a reason fit to show any client and the error behind it (for the
+// log; may be nil).
 type check struct {
 	name string
-	run  func(ctx context.Context) string
+	run  func(ctx context.Context) (string, error)
 }
 
 // checks answers like etcd 3.6's /livez and /readyz: "ok", or with
 // ?verbose one line per check; ?exclude=NAME skips a check; 503 and the
 // failed checks when one fails.
-func checks(endpoint string, list []check) http.HandlerFunc {
+func (s *Server) checks(endpoint string, list []check) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
 		defer cancel()
@@ -86,9 +103,10 @@ func checks(endpoint string, list []check) http.HandlerFunc {
 				fmt.Fprintf(&b, "[+]%s excluded: ok\n", c.name)
 				continue
 			}
-			if reason := c.run(ctx); reason != "" {
+			if reason, err := c.run(ctx); reason != "" {
 				failed = true
 				fmt.Fprintf(&b, "[-]%s failed: %s\n", c.name, reason)
+				s.lg.Warn("health check failed", "path", r.URL.Path, "check", c.name, "reason", reason, "err", err)
 			} else {
 				fmt.Fprintf(&b, "[+]%s ok\n", c.name)
 			}
@@ -108,52 +126,73 @@ func checks(endpoint string, list []check) http.HandlerFunc {
 	}
 }
 
-// HTTPHandler serves etcd's HTTP endpoints beside gRPC: /health (etcd's JSON),
-// /livez and /readyz (etcd 3.6's checks), /version and, if metrics is set,
-// /metrics.
-func (s *Server) HTTPHandler(metrics http.Handler) http.Handler {
+// healthMux serves /health (etcd's JSON), /livez and /readyz (etcd 3.6's
+// checks, each also alone at /livez/NAME, /readyz/NAME) and, if metrics is
+// set, /metrics: what etcd serves on a --listen-metrics-urls URL.
+func (s *Server) healthMux(metrics http.Handler) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
 		exclude := map[string]bool{}
 		for _, a := range r.URL.Query()["exclude"] {
 			exclude[a] = true
 		}
-		ok, reason := s.Health(r.Context(), exclude)
+		ok, reason, err := s.healthDetail(r.Context(), exclude)
 		w.Header().Set("Content-Type", "application/json")
 		if !ok {
+			s.lg.Warn("serving /health false", "reason", reason, "err", err)
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 		json.NewEncoder(w).Encode(map[string]string{"health": fmt.Sprint(ok), "reason": reason})
 	})
 	// A read answers when the database does: shimd's serializable and
 	// linearizable reads both need it.
-	read := func(ctx context.Context) string {
+	read := func(ctx context.Context) (string, error) {
 		if err := s.log.Ping(ctx); err != nil {
-			return "database unreachable: " + err.Error()
+			return checkDBUnreachable, err
 		}
-		return ""
+		return "", nil
 	}
-	corruption := func(ctx context.Context) string {
+	corruption := func(ctx context.Context) (string, error) {
 		for _, a := range s.log.Alarms() {
 			if pb.AlarmType(a.Type) == pb.AlarmType_CORRUPT {
-				return "alarm CORRUPT"
+				return "alarm CORRUPT", nil
 			}
 		}
-		return ""
+		return "", nil
 	}
-	mux.HandleFunc("/livez", checks("livez", []check{{"serializable_read", read}}))
-	mux.HandleFunc("/readyz", checks("readyz", []check{
-		{"data_corruption", corruption},
-		{"serializable_read", read},
-		{"linearizable_read", read},
-		{"non_learner", func(context.Context) string { return "" }},
-	}))
+	for endpoint, list := range map[string][]check{
+		"livez": {{"serializable_read", read}},
+		"readyz": {
+			{"data_corruption", corruption},
+			{"serializable_read", read},
+			{"linearizable_read", read},
+			{"non_learner", func(context.Context) (string, error) { return "", nil }},
+		},
+	} {
+		mux.HandleFunc("/"+endpoint, s.checks(endpoint, list))
+		for _, c := range list {
+			mux.HandleFunc("/"+endpoint+"/"+c.name, s.checks(endpoint, []check{c}))
+		}
+	}
+	if metrics != nil {
+		mux.Handle("/metrics", metrics)
+	}
+	return mux
+}
+
+// MetricsHandler serves a --listen-metrics-urls URL: /metrics and the health
+// endpoints, and nothing else (no /version, no gRPC), as etcd does.
+func (s *Server) MetricsHandler(metrics http.Handler) http.Handler {
+	return s.healthMux(metrics)
+}
+
+// HTTPHandler serves etcd's HTTP endpoints beside gRPC on a client URL: those
+// of MetricsHandler (/metrics only if metrics is set) and /version.
+func (s *Server) HTTPHandler(metrics http.Handler) http.Handler {
+	mux := s.healthMux(metrics)
 	mux.HandleFunc("/version", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]string{"etcdserver": Version, "etcdcluster": strings.Join(strings.Split(Version, ".")[:2], ".") + ".0"})
 	})
-	if metrics != nil {
-		mux.Handle("/metrics", metrics)
-	}
 	return mux
 }

@@ -103,7 +103,7 @@ func newFlagSet(cfg *config, out io.Writer) *flag.FlagSet {
 	// Security
 	fs.StringVar(&cfg.certFile, "cert-file", "", "Path to the client server TLS cert file.")
 	fs.StringVar(&cfg.keyFile, "key-file", "", "Path to the client server TLS key file.")
-	fs.StringVar(&cfg.trustedCAFile, "trusted-ca-file", "", "Path to the client server TLS trusted CA cert file.")
+	fs.StringVar(&cfg.trustedCAFile, "trusted-ca-file", "", "Path to the client server TLS trusted CA cert file; setting it requires client certificates, as in etcd, whatever --client-cert-auth says.")
 	fs.BoolVar(&cfg.clientCertAuth, "client-cert-auth", false, "Enable client cert authentication.")
 	// Logging
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "Configures log level. Only supports debug, info, warn, error.")

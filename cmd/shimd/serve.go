@@ -134,9 +134,9 @@ func tlsConfig(cfg *config) (*tls.Config, error) {
 			return nil, fmt.Errorf("--trusted-ca-file %s holds no PEM certificate", cfg.trustedCAFile)
 		}
 		tc.ClientCAs = pool
-		if cfg.clientCertAuth {
-			tc.ClientAuth = tls.RequireAndVerifyClientCert
-		}
+		// As in etcd, a trusted CA requires client certificates, with
+		// --client-cert-auth or without.
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
 	}
 	return tc, nil
 }
@@ -220,6 +220,17 @@ func run(ctx context.Context, cfg *config) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          httpLog,
 	}
+	// Metrics URLs get a server of their own, as in etcd: /metrics and the
+	// health endpoints only, never gRPC (a client URL's port must not be
+	// reachable through a port opened for monitoring). https:// uses the
+	// client URLs' TLS settings, client certificates included; http:// is
+	// cleartext HTTP/1.1, as etcd's.
+	metricsSrv := &http.Server{
+		Handler:           srv.MetricsHandler(promhttp.Handler()),
+		TLSConfig:         tc,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          httpLog,
+	}
 	errc := make(chan error, 3*(len(clientURLs)+len(metricsURLs)))
 	for _, u := range clientURLs {
 		ln, err := listen(u)
@@ -248,9 +259,9 @@ func run(ctx context.Context, cfg *config) error {
 			return err
 		}
 		if u.Scheme == "https" {
-			go func() { errc <- tlsSrv.ServeTLS(ln, "", "") }()
+			go func() { errc <- metricsSrv.ServeTLS(ln, "", "") }()
 		} else {
-			go func() { errc <- httpSrv.Serve(ln) }()
+			go func() { errc <- metricsSrv.Serve(ln) }()
 		}
 		lg.Info("serving metrics and health", "url", u.String())
 	}
@@ -277,6 +288,7 @@ func run(ctx context.Context, cfg *config) error {
 	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	httpSrv.Shutdown(sctx)
 	tlsSrv.Shutdown(sctx)
+	metricsSrv.Shutdown(sctx)
 	cancel()
 	closeAll()
 	return nil
