@@ -121,7 +121,10 @@ func (ls *leaseServer) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiv
 }
 
 func (ls *leaseServer) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
-	all := ls.s.log.Leases()
+	all, err := ls.s.log.Leases(ctx)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
 	resp := &pb.LeaseLeasesResponse{Header: &pb.ResponseHeader{}, Leases: make([]*pb.LeaseStatus, len(all))}
 	for i, l := range all {
 		resp.Leases[i] = &pb.LeaseStatus{ID: l.ID}
@@ -131,7 +134,7 @@ func (ls *leaseServer) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest
 }
 
 // LeaseKeepAlive renews each lease asked for and answers with its TTL, or
-// TTL 0 when the lease is unknown or already expired.
+// TTL 0 when the lease is unknown or expired.
 func (ls *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 	for {
 		req, err := stream.Recv()
@@ -141,26 +144,59 @@ func (ls *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) erro
 		if err != nil {
 			return err
 		}
-		resp := &pb.LeaseKeepAliveResponse{ID: req.ID, Header: &pb.ResponseHeader{}}
-		ls.s.fill(resp.Header)
-		ttl, err := ls.s.log.RenewLease(stream.Context(), req.ID, time.Now())
-		switch {
-		case errors.Is(err, sqllog.ErrLeaseNotFound):
-			ttl = 0
-		case err != nil:
+		ttl, err := ls.s.renewLease(stream.Context(), req.ID)
+		if err != nil {
 			return toGRPC(err)
 		}
-		resp.TTL = ttl
+		// After the renewal, as etcd: the header's revision includes the
+		// revocation of an expired lease.
+		resp := &pb.LeaseKeepAliveResponse{ID: req.ID, TTL: ttl, Header: &pb.ResponseHeader{}}
+		ls.s.fill(resp.Header)
 		if err := stream.Send(resp); err != nil {
 			return err
 		}
 	}
 }
 
-// expireLeases revokes expired leases until ctx ends. Each revocation
-// re-reads the lease's expiry inside its write transaction, so a keep-alive
-// that reached another process first saves the lease, and two processes
-// never revoke one lease twice.
+// renewLease renews lease id and returns its TTL, or 0 if there is no such
+// lease. As etcd's renew waits for an expired lease's revocation, it revokes
+// an expired lease before answering, so that a client told the lease is gone
+// finds its keys gone too. If another process renewed the lease meanwhile,
+// the revocation finds it alive and the second renewal succeeds.
+func (s *Server) renewLease(ctx context.Context, id int64) (int64, error) {
+	for range 2 {
+		ttl, err := s.log.RenewLease(ctx, id, time.Now())
+		switch {
+		case err == nil:
+			return ttl, nil
+		case errors.Is(err, sqllog.ErrLeaseNotFound):
+			return 0, nil
+		case !errors.Is(err, sqllog.ErrLeaseExpired):
+			return 0, err
+		}
+		if err := s.revokeExpired(ctx, id); err != nil {
+			return 0, err
+		}
+	}
+	return 0, nil
+}
+
+// revokeExpired revokes lease id if it has expired. The expiry is re-read
+// inside the write transaction, so a keep-alive that reached another
+// process first saves the lease, and two processes never revoke one lease
+// twice.
+func (s *Server) revokeExpired(ctx context.Context, id int64) error {
+	return s.log.Write(ctx, func(tw *sqllog.TxnWrite) error {
+		expired, err := tw.LeaseExpired(ctx, id, time.Now())
+		if err != nil || !expired {
+			return err
+		}
+		revokeLease(tw, id)
+		return nil
+	})
+}
+
+// expireLeases revokes expired leases until ctx ends.
 func (s *Server) expireLeases(ctx context.Context) {
 	t := time.NewTicker(leaseCheckInterval)
 	defer t.Stop()
@@ -170,16 +206,12 @@ func (s *Server) expireLeases(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		for _, id := range s.log.ExpiredLeases(time.Now()) {
-			err := s.log.Write(ctx, func(tw *sqllog.TxnWrite) error {
-				expired, err := tw.LeaseExpired(ctx, id, time.Now())
-				if err != nil || !expired {
-					return err
-				}
-				revokeLease(tw, id)
-				return nil
-			})
-			if err != nil && ctx.Err() == nil {
+		ids, err := s.log.ExpiredLeases(ctx, time.Now())
+		if err != nil && ctx.Err() == nil {
+			s.lg.Warn("looking for expired leases failed; will retry", "err", err)
+		}
+		for _, id := range ids {
+			if err := s.revokeExpired(ctx, id); err != nil && ctx.Err() == nil {
 				s.lg.Warn("revoking an expired lease failed; will retry", "lease", id, "err", err)
 			}
 		}

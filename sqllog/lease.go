@@ -13,6 +13,10 @@ import (
 // ErrLeaseNotFound means no lease has the id.
 var ErrLeaseNotFound = errors.New("lease not found")
 
+// ErrLeaseExpired means the lease has expired but is not revoked yet: it
+// cannot be renewed, and is about to be revoked.
+var ErrLeaseExpired = errors.New("lease expired")
+
 // Lease is a granted lease. Its expiry is stored as wall-clock time, so a
 // restart honours the time that was left rather than granting a fresh TTL.
 type Lease struct {
@@ -30,6 +34,10 @@ type leases struct {
 	byID      map[int64]*Lease
 	keyLease  map[string]int64
 	leaseKeys map[int64]map[string]struct{}
+	// epoch moves on whenever leases may have left byID (a revocation, a
+	// reload of the table): a lease read from the database before that must
+	// not be added after it, or a revoked lease would come back.
+	epoch int64
 }
 
 func newLeases() leases {
@@ -99,6 +107,7 @@ func (l *Log) loadLeases(ctx context.Context, q queryer) error {
 	}
 	l.mu.Lock()
 	l.leases.byID = byID
+	l.leases.epoch++
 	l.mu.Unlock()
 	return nil
 }
@@ -157,7 +166,9 @@ func (tw *TxnWrite) LeaseKeys(id int64) [][]byte {
 // LeaseExpired reports whether lease id exists and its expiry, as stored in
 // the database now, has passed. Checking the row inside the write
 // transaction makes expiry happen once, even when a keep-alive reached the
-// database after this process last looked.
+// database after this process last looked; locking it until the revocation
+// commits makes a renewal racing with it wait, then find the lease gone (or,
+// renewed first, be seen here).
 func (tw *TxnWrite) LeaseExpired(ctx context.Context, id int64, now time.Time) (bool, error) {
 	if !tw.LeaseExists(id) {
 		return false, nil
@@ -167,7 +178,7 @@ func (tw *TxnWrite) LeaseExpired(ctx context.Context, id int64, now time.Time) (
 		return false, errNeedTx
 	}
 	var ms int64
-	err := tw.b.tx.QueryRowContext(ctx, tw.l.q(`SELECT expires_at FROM shimd_lease WHERE id = ?`), id).Scan(&ms)
+	err := tw.b.tx.QueryRowContext(ctx, tw.l.q(`SELECT expires_at FROM shimd_lease WHERE id = ?`)+tw.l.be.Dialect.ForUpdate(), id).Scan(&ms)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
@@ -204,100 +215,10 @@ func (l *Log) applyLeaseOps(ops []leaseOp) {
 	for _, op := range ops {
 		if op.revoke {
 			delete(l.leases.byID, op.lease.ID)
+			l.leases.epoch++
 			continue
 		}
 		ls := op.lease
 		l.leases.byID[ls.ID] = &ls
 	}
-}
-
-// RenewLease restarts lease id's TTL from now and returns the TTL. An
-// expired lease is not renewed: it is about to be revoked.
-func (l *Log) RenewLease(ctx context.Context, id int64, now time.Time) (int64, error) {
-	l.mu.RLock()
-	ls := l.leases.byID[id]
-	var cur Lease
-	if ls != nil {
-		cur = *ls
-	}
-	l.mu.RUnlock()
-	if ls == nil || !cur.Expiry.After(now) {
-		return 0, ErrLeaseNotFound
-	}
-	exp := now.Add(time.Duration(cur.TTL) * time.Second)
-	res, err := l.be.Write.ExecContext(ctx, l.q(`UPDATE shimd_lease SET expires_at = ? WHERE id = ?`), exp.UnixMilli(), id)
-	if err != nil {
-		return 0, fmt.Errorf("renew lease: %w", err)
-	}
-	if n, err := res.RowsAffected(); err == nil && n == 0 {
-		return 0, ErrLeaseNotFound
-	}
-	l.mu.Lock()
-	if ls := l.leases.byID[id]; ls != nil && ls.Expiry.Before(exp) {
-		ls.Expiry = exp
-	}
-	l.mu.Unlock()
-	return cur.TTL, nil
-}
-
-// LookupLease returns lease id and, if withKeys, its attached keys in no
-// particular order (etcd's are unordered too). On a shared database the
-// expiry is read from the table, where keep-alives to any process land.
-func (l *Log) LookupLease(ctx context.Context, id int64, withKeys bool) (Lease, [][]byte, error) {
-	if l.be.Shared {
-		if err := l.sync(ctx); err != nil {
-			return Lease{}, nil, err
-		}
-	}
-	l.mu.RLock()
-	ls := l.leases.byID[id]
-	if ls == nil {
-		l.mu.RUnlock()
-		return Lease{}, nil, ErrLeaseNotFound
-	}
-	out := *ls
-	var keys [][]byte
-	if withKeys {
-		for k := range l.leases.leaseKeys[id] {
-			keys = append(keys, []byte(k))
-		}
-	}
-	l.mu.RUnlock()
-	if l.be.Shared {
-		var ms int64
-		err := l.be.Read.QueryRowContext(ctx, l.q(`SELECT expires_at FROM shimd_lease WHERE id = ?`), id).Scan(&ms)
-		if errors.Is(err, sql.ErrNoRows) {
-			return Lease{}, nil, ErrLeaseNotFound
-		}
-		if err != nil {
-			return Lease{}, nil, fmt.Errorf("read lease: %w", err)
-		}
-		out.Expiry = time.UnixMilli(ms)
-	}
-	return out, keys, nil
-}
-
-// Leases returns every lease, soonest to expire first.
-func (l *Log) Leases() []Lease {
-	l.mu.RLock()
-	out := make([]Lease, 0, len(l.leases.byID))
-	for _, ls := range l.leases.byID {
-		out = append(out, *ls)
-	}
-	l.mu.RUnlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].Expiry.Before(out[j].Expiry) })
-	return out
-}
-
-// ExpiredLeases returns the ids of leases whose expiry has passed.
-func (l *Log) ExpiredLeases(now time.Time) []int64 {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	var ids []int64
-	for id, ls := range l.leases.byID {
-		if !ls.Expiry.After(now) {
-			ids = append(ids, id)
-		}
-	}
-	return ids
 }
