@@ -24,6 +24,10 @@ const (
 	// bounded memory.
 	historyRows  = 10000
 	historyBytes = 8 << 20
+	// catchUpQueue is how many responses a lagging watcher's stream may
+	// hold and still be sent more history: each may carry historyBytes, so
+	// a stream catching up buffers a few of them, not streamBuffer.
+	catchUpQueue = 4
 	// cacheEvents and cacheBytes bound the recent events kept in memory, so
 	// that watchers a little behind catch up without reading the database.
 	cacheEvents = 2048
@@ -222,6 +226,14 @@ func (h *hub) syncWatchers() int {
 			h.synced.add(w)
 			continue
 		}
+		// No history is read for a stream that could not take it now; one
+		// whose client stopped reading only costs this check until it reads.
+		if n := len(w.ch); n >= catchUpQueue {
+			if n == cap(w.ch) {
+				w.backoff(now)
+			}
+			continue
+		}
 		chosen = append(chosen, w)
 		from[w] = w.minRev
 		minRev = min(minRev, w.minRev)
@@ -412,7 +424,10 @@ func (l *Log) readEvents(ctx context.Context, from, to int64, limit, maxBytes in
 }
 
 func (l *Log) readEventsIn(ctx context.Context, q queryer, from, to int64, limit, maxBytes int) ([]mvccpb.Event, int64, error) {
-	rows, err := q.QueryContext(ctx, l.q(`SELECT rev, kv_key, value, create_rev, version, lease, deleted FROM shimd_log WHERE rev >= ? AND rev <= ? ORDER BY id LIMIT ?`), from, to, limit+1)
+	// Ordered as the (rev, id) index is (the same order as id's), so the
+	// LIMIT stops the scan: by id alone, SQLite sorts every row of the range,
+	// values included, before the first is returned.
+	rows, err := q.QueryContext(ctx, l.q(`SELECT rev, kv_key, value, create_rev, version, lease, deleted FROM shimd_log WHERE rev >= ? AND rev <= ? ORDER BY rev, id LIMIT ?`), from, to, limit+1)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -23,7 +23,16 @@ func (l *Log) Size(ctx context.Context) (size, inUse int64, err error) {
 }
 
 // Defragment gives the space of deleted rows back to the filesystem, the
-// way the database does that (see each driver).
+// way the database does that (see each driver). It first waits until the
+// rows of every compaction already applied are deleted (they go in the
+// background): a rebuild that copies them keeps their space, and a delete
+// that runs during the rebuild frees none, so the guide's `compact; defrag`
+// would leave the size over the quota.
 func (l *Log) Defragment(ctx context.Context) error {
+	select {
+	case <-l.compactor.enqueue(compactJob{}):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	return l.be.Dialect.Defragment(ctx, l.be.Write)
 }

@@ -153,17 +153,30 @@ func (dialect) Size(ctx context.Context, db *sql.DB) (int64, int64, error) {
 const tablespaces = `CONCAT(DATABASE(), '/shimd_meta'), CONCAT(DATABASE(), '/shimd_log'), CONCAT(DATABASE(), '/shimd_lease'), CONCAT(DATABASE(), '/shimd_alarm'), CONCAT(DATABASE(), '/shimd_member')`
 
 // Defragment runs OPTIMIZE TABLE, which InnoDB performs as an online
-// rebuild: reads and writes go on while it copies.
+// rebuild: reads and writes go on while it copies. OPTIMIZE reports a table
+// it could not rebuild (a lock wait timeout, say) as a result row, not as
+// an SQL error: unchecked, a defrag that gave nothing back would succeed.
 func (dialect) Defragment(ctx context.Context, db *sql.DB) error {
 	rows, err := db.QueryContext(ctx, `OPTIMIZE TABLE shimd_log, shimd_lease, shimd_alarm, shimd_member`)
 	if err != nil {
 		return fmt.Errorf("mysql: optimize: %w", err)
 	}
+	defer rows.Close()
+	var failed []string
 	for rows.Next() {
+		var table, op, msgType, msgText []byte
+		if err := rows.Scan(&table, &op, &msgType, &msgText); err != nil {
+			return fmt.Errorf("mysql: optimize: %w", err)
+		}
+		if strings.EqualFold(string(msgType), "error") {
+			failed = append(failed, string(table)+": "+string(msgText))
+		}
 	}
-	rows.Close()
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("mysql: optimize: %w", err)
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("mysql: optimize: %s", strings.Join(failed, "; "))
 	}
 	return nil
 }
