@@ -176,9 +176,12 @@ func (sws *watchStream) create(c *pb.WatchCreateRequest) bool {
 			filters = append(filters, func(ev mvccpb.Event) bool { return ev.Type == mvccpb.DELETE })
 		}
 	}
+	// The watcher's options are in place before the send loop can turn its
+	// first events into a response (it reads them under the same lock): a
+	// watcher from a past revision gets events as soon as it is added.
+	sws.mu.Lock()
 	id, err := sws.ws.Watch(c.WatchId, c.Key, end, c.StartRevision, filters...)
 	if err == nil {
-		sws.mu.Lock()
 		if c.ProgressNotify {
 			sws.prog[id] = true
 		}
@@ -188,8 +191,8 @@ func (sws *watchStream) create(c *pb.WatchCreateRequest) bool {
 		if c.Fragment {
 			sws.fragOK[id] = true
 		}
-		sws.mu.Unlock()
 	}
+	sws.mu.Unlock()
 	wr := &pb.WatchResponse{Header: sws.header(sws.ws.Rev()), WatchId: id, Created: true, Canceled: err != nil}
 	if err != nil {
 		wr.CancelReason = err.Error()

@@ -174,9 +174,11 @@ func (l *Log) catchUp(ctx context.Context, q queryer, m meta) error {
 }
 
 // applyRows applies the rows of the revisions after the index's up to m.rev
-// and hands them to the watchers.
+// and hands them to the watchers. (Ordered by rev, id, the order of the
+// (rev, id) index, and so of ids: by id alone, SQLite would sort every
+// value read.)
 func (l *Log) applyRows(ctx context.Context, q queryer, m meta) error {
-	rows, err := q.QueryContext(ctx, l.q(`SELECT id, rev, sub, kv_key, value, LENGTH(value), create_rev, version, lease, deleted FROM shimd_log WHERE rev > ? AND rev <= ? ORDER BY id`), l.Rev(), m.rev)
+	rows, err := q.QueryContext(ctx, l.q(`SELECT id, rev, sub, kv_key, value, LENGTH(value), create_rev, version, lease, deleted FROM shimd_log WHERE rev > ? AND rev <= ? ORDER BY rev, id`), l.Rev(), m.rev)
 	if err != nil {
 		return fmt.Errorf("read log: %w", err)
 	}
