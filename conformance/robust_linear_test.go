@@ -249,33 +249,9 @@ func linearizabilityRun(t *testing.T, b harness.Backend, f robustFault) {
 	report("full watch from revision 1", robust.CheckWatch(fullResps, nil, 1, final))
 	report("the log (full watch from revision 1)", robust.CheckLog(full, 2, final, true))
 	// Every acknowledged write is in the log at its revision.
-	at := map[int64][]robust.Event{}
-	for _, e := range full {
-		at[e.Mod] = append(at[e.Mod], e)
-	}
-	missing := 0
-	for _, op := range acked {
-		ok := true
-		switch {
-		case op.Req.Kind == robust.OpPut || op.Req.Kind == robust.OpCAS && op.Resp.Succeeded:
-			ok = false
-			for _, e := range at[op.Resp.Rev] {
-				ok = ok || !e.Delete && e.Key == op.Req.Key && e.Value == op.Req.Value
-			}
-		case op.Req.Kind == robust.OpDelete && op.Resp.Deleted > 0:
-			n := int64(0)
-			for _, e := range at[op.Resp.Rev] {
-				if e.Delete {
-					n++
-				}
-			}
-			ok = n == op.Resp.Deleted
-		}
-		if !ok {
-			if missing++; missing <= 5 {
-				t.Errorf("acknowledged %s is not in the log at its revision (log there: %v)", robust.DescribeOp(op.Req, op.Resp), at[op.Resp.Rev])
-			}
-		}
+	missingLines, missing := robust.AckedMissing(acked, full)
+	for _, s := range missingLines {
+		t.Errorf("%s", s)
 	}
 	wv += missing
 	for _, w := range watchers {

@@ -65,11 +65,16 @@ type PatchStats struct {
 	DroppedWrites  int // unknown puts/CASes absent from the log: they never happened
 	PersistedWrite int // unknown puts/CASes found in the log: pending, at their revision
 	PendingDeletes int // unknown deletes: pending, outcome open
+	PendingCompact int // unknown compactions: pending, outcome open
 }
 
 func (s PatchStats) String() string {
-	return fmt.Sprintf("%d unknown outcomes (%d reads/grants dropped, %d writes never applied, %d writes applied, %d deletes left open)",
-		s.Unknown, s.DroppedReads, s.DroppedWrites, s.PersistedWrite, s.PendingDeletes)
+	c := ""
+	if s.PendingCompact > 0 {
+		c = fmt.Sprintf(", %d compactions left open", s.PendingCompact)
+	}
+	return fmt.Sprintf("%d unknown outcomes (%d reads/grants dropped, %d writes never applied, %d writes applied, %d deletes left open%s)",
+		s.Unknown, s.DroppedReads, s.DroppedWrites, s.PersistedWrite, s.PendingDeletes, c)
 }
 
 // Patch resolves operations of unknown outcome with the log, as etcd's
@@ -78,7 +83,8 @@ func (s PatchStats) String() string {
 // applied and at which revision. Unknown reads and lease grants change
 // nothing and are dropped; unknown puts and CASes not in the log never took
 // effect and are dropped; those in the log stay pending with their
-// revision; unknown deletes stay pending with an open outcome.
+// revision; unknown deletes and compactions stay pending with an open
+// outcome.
 func Patch(ops []Op, log []Event) ([]Op, PatchStats) {
 	putAt := map[string]int64{}
 	for _, e := range log {
@@ -108,6 +114,8 @@ func Patch(ops []Op, log []Event) ([]Op, PatchStats) {
 			st.PersistedWrite++
 		case OpDelete:
 			st.PendingDeletes++
+		case OpCompact:
+			st.PendingCompact++
 		}
 		out = append(out, op)
 	}
@@ -167,7 +175,7 @@ func explain(init State, ops []Op, info porcupine.LinearizationInfo) string {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "longest linearizable prefix: %d of %d operations\n", len(best), len(ops))
-	s := init
+	s := Model(init).Init().(State)
 	from := max(0, len(best)-12)
 	for i, o := range best {
 		_, s = Step(s, o.Input.(Request), o.Output.(Response))

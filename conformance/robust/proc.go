@@ -168,8 +168,38 @@ func (p *Proc) Kill() {
 	<-done
 }
 
-// Stop sends SIGTERM and waits (SIGKILL after 20 s); it reports an unclean
-// exit.
+// Freeze stops the process (SIGSTOP): it keeps its sockets, database
+// connections and locks but runs no code, like a process descheduled or
+// stuck in a long GC pause, until Thaw.
+func (p *Proc) Freeze() error { return p.signal(syscall.SIGSTOP) }
+
+// Thaw resumes a frozen process (SIGCONT).
+func (p *Proc) Thaw() error { return p.signal(syscall.SIGCONT) }
+
+// Pause freezes the process for d (or until ctx ends), then thaws it.
+func (p *Proc) Pause(ctx context.Context, d time.Duration) error {
+	if err := p.Freeze(); err != nil {
+		return err
+	}
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+	}
+	return p.Thaw()
+}
+
+func (p *Proc) signal(sig syscall.Signal) error {
+	p.mu.Lock()
+	cmd := p.cmd
+	p.mu.Unlock()
+	if cmd == nil {
+		return errors.New("not started")
+	}
+	return cmd.Process.Signal(sig)
+}
+
+// Stop sends SIGTERM (after SIGCONT, in case it is frozen) and waits
+// (SIGKILL after 20 s); it reports an unclean exit.
 func (p *Proc) Stop() error {
 	p.mu.Lock()
 	cmd, done := p.cmd, p.done
@@ -182,6 +212,7 @@ func (p *Proc) Stop() error {
 		return fmt.Errorf("had already exited: %v", p.ExitErr())
 	default:
 	}
+	_ = cmd.Process.Signal(syscall.SIGCONT)
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-done:

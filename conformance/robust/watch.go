@@ -65,11 +65,20 @@ type WatchResp struct {
 	CancelReason string
 	CompactRev   int64
 	Progress     bool // no events, not created or canceled: a progress notification
+	// Start is the start revision the stream's watch was created with (0:
+	// not known); At is when the response arrived.
+	Start int64
+	At    time.Time
+	// Conn is the index of the connection the stream was on (see
+	// StartWatcherOn).
+	Conn int
 }
 
 // Watcher is a watch that survives faults: when its stream breaks it opens
 // a new one from the revision after the last event it received, as a client
-// would. It asks for progress notifications every ProgressEvery.
+// would; when it is canceled by a compaction, from the compact revision
+// (the events in between are gone). It asks for progress notifications
+// every ProgressEvery.
 type Watcher struct {
 	Name string
 
@@ -78,6 +87,8 @@ type Watcher struct {
 	session   int
 	last      int64 // last event revision
 	progress  int64 // last progress revision in the current session
+	resumeAt  int64 // compact revision of the last compaction cancel
+	compacted int   // compaction cancels
 	changed   chan struct{}
 	reasons   []string
 	cancel    context.CancelFunc
@@ -91,10 +102,23 @@ type WatchSpec struct {
 	Start         int64
 	PrevKV        bool
 	ProgressEvery time.Duration // 0: never request progress
+	// HopEvery, when set, ends each stream after that long, so that the
+	// watch is resumed, from a past revision, on the next connection.
+	HopEvery time.Duration
 }
+
+// errHop ends a stream after WatchSpec.HopEvery.
+var errHop = fmt.Errorf("hop to the next connection")
 
 // StartWatcher opens the watch on conn and keeps it open until Stop.
 func StartWatcher(ctx context.Context, name string, conn *grpc.ClientConn, spec WatchSpec) *Watcher {
+	return StartWatcherOn(ctx, name, []*grpc.ClientConn{conn}, spec)
+}
+
+// StartWatcherOn opens the watch on conns[0] and keeps it open until Stop;
+// each time a stream ends, the watch resumes on the next connection (a
+// client failing over between the processes of one cluster).
+func StartWatcherOn(ctx context.Context, name string, conns []*grpc.ClientConn, spec WatchSpec) *Watcher {
 	ctx, cancel := context.WithCancel(ctx)
 	w := &Watcher{Name: name, changed: make(chan struct{}), cancel: cancel, done: make(chan struct{})}
 	go func() {
@@ -105,8 +129,10 @@ func StartWatcher(ctx context.Context, name string, conn *grpc.ClientConn, spec 
 			if w.last > 0 {
 				from = w.last + 1
 			}
+			from = max(from, w.resumeAt)
+			ci := w.session % len(conns)
 			w.mu.Unlock()
-			err := w.session1(ctx, conn, spec, from)
+			err := w.session1(ctx, conns[ci], ci, spec, from)
 			if ctx.Err() != nil {
 				return
 			}
@@ -124,9 +150,13 @@ func StartWatcher(ctx context.Context, name string, conn *grpc.ClientConn, spec 
 	return w
 }
 
-func (w *Watcher) session1(ctx context.Context, conn *grpc.ClientConn, spec WatchSpec, from int64) error {
+func (w *Watcher) session1(ctx context.Context, conn *grpc.ClientConn, ci int, spec WatchSpec, from int64) error {
 	sctx, scancel := context.WithCancel(ctx)
 	defer scancel()
+	if spec.HopEvery > 0 {
+		sctx, scancel = context.WithTimeoutCause(sctx, spec.HopEvery, errHop)
+		defer scancel()
+	}
 	stream, err := pb.NewWatchClient(conn).Watch(sctx, grpc.WaitForReady(true))
 	if err != nil {
 		return err
@@ -166,11 +196,19 @@ func (w *Watcher) session1(ctx context.Context, conn *grpc.ClientConn, spec Watc
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
+			if context.Cause(sctx) == errHop && ctx.Err() == nil {
+				return errHop
+			}
 			return err
 		}
 		wr := ToWatchResp(session, resp)
+		wr.Start, wr.At, wr.Conn = from, time.Now(), ci
 		w.mu.Lock()
 		w.resps = append(w.resps, wr)
+		if wr.Canceled && wr.CompactRev > 0 {
+			w.compacted++
+			w.resumeAt = max(w.resumeAt, wr.CompactRev)
+		}
 		for _, e := range wr.Events {
 			w.last = max(w.last, e.Mod)
 		}
@@ -219,6 +257,21 @@ func (w *Watcher) WaitRev(rev int64, timeout time.Duration) error {
 			return fmt.Errorf("watcher %s: no event or progress at revision %d within %v (last event %d, last progress %d)", w.Name, rev, timeout, last, prog)
 		}
 	}
+}
+
+// Last is the revision of the last event received (0: none yet).
+func (w *Watcher) Last() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.last
+}
+
+// Compacted counts the cancellations by a compaction (each followed by a
+// watch from the compact revision).
+func (w *Watcher) Compacted() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.compacted
 }
 
 // Stop ends the watch and returns everything it received.

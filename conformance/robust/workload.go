@@ -9,6 +9,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 )
@@ -24,6 +25,12 @@ type Workload struct {
 	Think      time.Duration // at most this pause between operations
 	Seed       uint64
 	ErrorPause time.Duration // pause after a failed operation
+	// PastReads is the percentage of gets and ranges made at a past
+	// revision, up to PastWindow below the last header revision the client
+	// saw (so that, under compactions near the head, some are refused as
+	// compacted and some are answered from history).
+	PastReads  int
+	PastWindow int64
 }
 
 // Stats counts what the clients did.
@@ -31,6 +38,9 @@ type Stats struct {
 	mu     sync.Mutex
 	ByKind map[Kind]int
 	Errors map[string]int
+	// Past counts the reads at a past revision; PastCompacted those refused
+	// as compacted.
+	Past, PastCompacted int
 }
 
 func (s *Stats) add(k Kind, err string) {
@@ -42,6 +52,15 @@ func (s *Stats) add(k Kind, err string) {
 	s.ByKind[k]++
 	if err != "" {
 		s.Errors[err]++
+	}
+}
+
+func (s *Stats) addPast(resp Response) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.Past++
+	if resp.Compacted {
+		s.PastCompacted++
 	}
 }
 
@@ -91,14 +110,15 @@ func (w Workload) Run(ctx context.Context, conns []*grpc.ClientConn, h *History,
 }
 
 type client struct {
-	id    int
-	w     *Workload
-	h     *History
-	st    *Stats
-	kv    pb.KVClient
-	lease pb.LeaseClient
-	rnd   *rand.Rand
-	known map[string]int64 // last mod_revision seen per key (0: absent)
+	id      int
+	w       *Workload
+	h       *History
+	st      *Stats
+	kv      pb.KVClient
+	lease   pb.LeaseClient
+	rnd     *rand.Rand
+	known   map[string]int64 // last mod_revision seen per key (0: absent)
+	lastRev int64            // highest header revision seen
 }
 
 func (c *client) key() string { return c.w.Keys[c.rnd.IntN(len(c.w.Keys))] }
@@ -138,6 +158,9 @@ func (c *client) step(ctx context.Context, n int) bool {
 	default:
 		req = Request{Kind: OpLeaseGrant, TTL: 120}
 	}
+	if (req.Kind == OpGet || req.Kind == OpRange) && c.w.PastReads > 0 && c.lastRev > 0 && c.rnd.IntN(100) < c.w.PastReads {
+		req.Rev = max(1, c.lastRev-c.rnd.Int64N(c.w.PastWindow+1))
+	}
 	if req.Kind == OpPut || req.Kind == OpCAS {
 		req.Value = fmt.Sprintf("c%d-%d", c.id, n)
 	}
@@ -145,12 +168,14 @@ func (c *client) step(ctx context.Context, n int) bool {
 	defer cancel()
 	call := c.h.Now()
 	resp, err := c.do(octx, req)
-	if err != nil {
-		s, _ := status.FromError(err)
-		msg := s.Code().String() + ": " + s.Message()
-		if len(msg) > 100 {
-			msg = msg[:100] + "…"
+	if req.Rev != 0 {
+		resp, err = refusal(resp, err)
+		if err == nil {
+			c.st.addPast(resp)
 		}
+	}
+	if err != nil {
+		msg := errString(err)
 		c.st.add(req.Kind, msg)
 		c.h.Record(c.id, req, call, Response{Unknown: true, Err: msg})
 		return true
@@ -161,7 +186,51 @@ func (c *client) step(ctx context.Context, n int) bool {
 	return false
 }
 
+func errString(err error) string {
+	s, _ := status.FromError(err)
+	msg := s.Code().String() + ": " + s.Message()
+	if len(msg) > 100 {
+		msg = msg[:100] + "…"
+	}
+	return msg
+}
+
+// refusal turns ErrCompacted and ErrFutureRev, definite answers of a read
+// at a past revision or of a compaction, into responses.
+func refusal(resp Response, err error) (Response, error) {
+	switch rpctypes.Error(err) {
+	case rpctypes.ErrCompacted:
+		return Response{Compacted: true}, nil
+	case rpctypes.ErrFutureRev:
+		return Response{FutureRev: true}, nil
+	}
+	return resp, err
+}
+
+// Compact compacts at rev through conn (physically: it returns once the
+// compacted rows are gone) and records the operation in h as client's.
+func Compact(ctx context.Context, conn *grpc.ClientConn, h *History, client int, rev int64) Response {
+	req := Request{Kind: OpCompact, Rev: rev}
+	call := h.Now()
+	var resp Response
+	r, err := pb.NewKVClient(conn).Compact(ctx, &pb.CompactionRequest{Revision: rev, Physical: true}, waitReady)
+	if err == nil {
+		resp.Rev = r.Header.Revision
+	}
+	resp, err = refusal(resp, err)
+	if err != nil {
+		resp = Response{Unknown: true, Err: errString(err)}
+	}
+	h.Record(client, req, call, resp)
+	return resp
+}
+
 func (c *client) learn(req Request, resp Response) {
+	c.lastRev = max(c.lastRev, resp.Rev)
+	if req.Rev != 0 {
+		// Not the current state of the keys.
+		return
+	}
 	switch req.Kind {
 	case OpGet, OpRange:
 		if req.Kind == OpGet && len(resp.KVs) == 0 {
@@ -190,7 +259,7 @@ func (c *client) learn(req Request, resp Response) {
 func (c *client) do(ctx context.Context, req Request) (Response, error) {
 	switch req.Kind {
 	case OpGet, OpRange:
-		r := &pb.RangeRequest{Key: []byte(req.Key), Limit: req.Limit}
+		r := &pb.RangeRequest{Key: []byte(req.Key), Limit: req.Limit, Revision: req.Rev}
 		if req.End != "" {
 			r.RangeEnd = []byte(req.End)
 		}
