@@ -38,11 +38,12 @@ type watchStream struct {
 	s       *Server
 	grpc    pb.Watch_WatchServer
 	ws      *sqllog.WatchStream
-	ctrl    chan *pb.WatchResponse
+	ctrl    chan ctrlMsg
 	closec  chan struct{}
 	wg      sync.WaitGroup
 	mu      sync.Mutex
-	prog    map[int64]bool // progress_notify watchers: true while idle
+	prog    map[int64]bool   // progress_notify watchers: true while idle
+	seq     map[int64]uint64 // the live watcher of each id (see sqllog.WatchResponse.Seq)
 	prevKV  map[int64]bool
 	fragOK  map[int64]bool
 	maxSize int
@@ -55,9 +56,10 @@ func (w *watchServer) Watch(stream pb.Watch_WatchServer) error {
 		s:       w.s,
 		grpc:    stream,
 		ws:      w.s.log.NewWatchStream(),
-		ctrl:    make(chan *pb.WatchResponse, ctrlBuffer),
+		ctrl:    make(chan ctrlMsg, ctrlBuffer),
 		closec:  make(chan struct{}),
 		prog:    make(map[int64]bool),
+		seq:     make(map[int64]uint64),
 		prevKV:  make(map[int64]bool),
 		fragOK:  make(map[int64]bool),
 		maxSize: w.s.cfg.MaxRequestBytes + grpcOverheadBytes,
@@ -98,9 +100,23 @@ func (sws *watchStream) header(rev int64) *pb.ResponseHeader {
 	return h
 }
 
-func (sws *watchStream) control(wr *pb.WatchResponse) bool {
+// ctrlMsg is a created or canceled response, with the seq of the watcher it
+// is about (0 for a refused create).
+type ctrlMsg struct {
+	wr  *pb.WatchResponse
+	seq uint64
+}
+
+// heldResp is a watcher's response held back until its created response
+// has gone out.
+type heldResp struct {
+	wr  *pb.WatchResponse
+	seq uint64
+}
+
+func (sws *watchStream) control(wr *pb.WatchResponse, seq uint64) bool {
 	select {
-	case sws.ctrl <- wr:
+	case sws.ctrl <- ctrlMsg{wr, seq}:
 		return true
 	case <-sws.closec:
 		return false
@@ -131,11 +147,15 @@ func (sws *watchStream) recvLoop() error {
 				continue
 			}
 			id := r.CancelRequest.WatchId
+			sws.mu.Lock()
+			seq := sws.seq[id]
+			sws.mu.Unlock()
 			if err := sws.ws.Cancel(id); err == nil {
-				if !sws.control(&pb.WatchResponse{Header: sws.header(sws.ws.Rev()), WatchId: id, Canceled: true}) {
+				if !sws.control(&pb.WatchResponse{Header: sws.header(sws.ws.Rev()), WatchId: id, Canceled: true}, seq) {
 					return nil
 				}
 				sws.mu.Lock()
+				delete(sws.seq, id)
 				delete(sws.prog, id)
 				delete(sws.prevKV, id)
 				delete(sws.fragOK, id)
@@ -158,7 +178,7 @@ func (sws *watchStream) create(c *pb.WatchCreateRequest) bool {
 		return sws.control(&pb.WatchResponse{
 			Header: sws.header(sws.ws.Rev()), WatchId: sqllog.InvalidWatchID,
 			Created: true, Canceled: true, CancelReason: rpctypes.ErrCompacted.Error(),
-		})
+		}, 0)
 	}
 	end := c.RangeEnd
 	switch {
@@ -180,8 +200,9 @@ func (sws *watchStream) create(c *pb.WatchCreateRequest) bool {
 	// first events into a response (it reads them under the same lock): a
 	// watcher from a past revision gets events as soon as it is added.
 	sws.mu.Lock()
-	id, err := sws.ws.Watch(c.WatchId, c.Key, end, c.StartRevision, filters...)
+	id, seq, err := sws.ws.Watch(c.WatchId, c.Key, end, c.StartRevision, filters...)
 	if err == nil {
+		sws.seq[id] = seq
 		if c.ProgressNotify {
 			sws.prog[id] = true
 		}
@@ -197,12 +218,14 @@ func (sws *watchStream) create(c *pb.WatchCreateRequest) bool {
 	if err != nil {
 		wr.CancelReason = err.Error()
 	}
-	return sws.control(wr)
+	return sws.control(wr, seq)
 }
 
 func (sws *watchStream) sendLoop() {
-	created := make(map[int64]bool)
-	pending := make(map[int64][]*pb.WatchResponse)
+	// created holds, for each id, the seq of the watcher whose created
+	// response has gone out: the id may have had another watcher before.
+	created := make(map[int64]uint64)
+	pending := make(map[int64][]heldResp)
 	// A stream-wide progress response must not overtake events held back
 	// for a watch whose created response has not gone out yet.
 	var heldProgress *pb.WatchResponse
@@ -216,6 +239,9 @@ func (sws *watchStream) sendLoop() {
 				return
 			}
 			wr, err := sws.response(wresp)
+			if wr == nil && err == nil {
+				continue // a canceled watcher's, whose id may be in use again
+			}
 			if err != nil {
 				// The client resumes from its last revision and gets whole events.
 				sws.sendErr <- err
@@ -225,32 +251,34 @@ func (sws *watchStream) sendLoop() {
 				heldProgress = wr
 				continue
 			}
-			if wresp.WatchID != sqllog.InvalidWatchID && !created[wresp.WatchID] {
-				pending[wresp.WatchID] = append(pending[wresp.WatchID], wr)
+			if wresp.WatchID != sqllog.InvalidWatchID && created[wresp.WatchID] != wresp.Seq {
+				pending[wresp.WatchID] = append(pending[wresp.WatchID], heldResp{wr, wresp.Seq})
 				continue
 			}
 			if !sws.send(wresp.WatchID, wr) {
 				return
 			}
-		case c, ok := <-sws.ctrl:
+		case m, ok := <-sws.ctrl:
 			if !ok {
 				return
 			}
+			c := m.wr
 			if err := sws.grpc.Send(c); err != nil {
 				return
 			}
 			if c.Canceled && c.WatchId != sqllog.InvalidWatchID {
 				delete(created, c.WatchId)
+				keepHeld(pending, c.WatchId, func(h heldResp) bool { return h.seq > m.seq })
 				continue
 			}
 			if c.Created {
-				created[c.WatchId] = true
-				for _, wr := range pending[c.WatchId] {
-					if !sws.send(c.WatchId, wr) {
+				created[c.WatchId] = m.seq
+				for _, h := range pending[c.WatchId] {
+					if h.seq == m.seq && !sws.send(c.WatchId, h.wr) {
 						return
 					}
 				}
-				delete(pending, c.WatchId)
+				keepHeld(pending, c.WatchId, func(h heldResp) bool { return h.seq > m.seq })
 				if heldProgress != nil && len(pending) == 0 {
 					if !sws.send(sqllog.InvalidWatchID, heldProgress) {
 						return
@@ -273,6 +301,21 @@ func (sws *watchStream) sendLoop() {
 	}
 }
 
+// keepHeld keeps the held responses of id that keep says to.
+func keepHeld(pending map[int64][]heldResp, id int64, keep func(heldResp) bool) {
+	var kept []heldResp
+	for _, h := range pending[id] {
+		if keep(h) {
+			kept = append(kept, h)
+		}
+	}
+	if len(kept) == 0 {
+		delete(pending, id)
+		return
+	}
+	pending[id] = kept
+}
+
 // prevKVAttempts bounds the lookups of one prev_kv before the stream is
 // ended (a database connection just died, say).
 const prevKVAttempts = 3
@@ -280,11 +323,17 @@ const prevKVAttempts = 3
 // response turns a log watch response into the wire form, adding prev_kv
 // where asked: the key as it was one revision before the event. As in etcd
 // an event whose previous revision is compacted goes without; one whose
-// lookup fails otherwise is not sent incomplete.
+// lookup fails otherwise is not sent incomplete. A response of a watcher
+// canceled since gives nil and no error: it is dropped, also when a new
+// watcher has taken its id.
 func (sws *watchStream) response(wresp sqllog.WatchResponse) (*pb.WatchResponse, error) {
 	sws.mu.Lock()
 	needPrev := sws.prevKV[wresp.WatchID]
+	stale := wresp.WatchID != sqllog.InvalidWatchID && sws.seq[wresp.WatchID] != wresp.Seq
 	sws.mu.Unlock()
+	if stale {
+		return nil, nil
+	}
 	events := make([]*mvccpb.Event, len(wresp.Events))
 	for i := range wresp.Events {
 		ev := wresp.Events[i]

@@ -32,7 +32,11 @@ const streamBuffer = 32
 // revisions, a progress notification (no events), or the notice that its
 // next revision has been compacted.
 type WatchResponse struct {
-	WatchID         int64
+	WatchID int64
+	// Seq tells apart the watchers that have had WatchID on one stream: a
+	// response of a canceled watcher may still be on its way when a new
+	// watcher reuses the id.
+	Seq             uint64
 	Events          []mvccpb.Event
 	Revision        int64
 	CompactRevision int64
@@ -44,6 +48,7 @@ type FilterFunc func(ev mvccpb.Event) bool
 type watcher struct {
 	key, end []byte
 	startRev int64
+	seq      uint64
 	// minRev is the next revision the watcher has not been sent.
 	minRev    int64
 	id        int64
@@ -76,6 +81,7 @@ func (w *watcher) contains(key []byte) bool {
 // send offers wr without blocking and reports whether it was taken (or had
 // nothing left to say after filtering).
 func (w *watcher) send(wr WatchResponse) bool {
+	wr.Seq = w.seq
 	progress := len(wr.Events) == 0
 	if len(w.filters) != 0 {
 		kept := make([]mvccpb.Event, 0, len(wr.Events))
@@ -192,6 +198,7 @@ type WatchStream struct {
 	ch       chan WatchResponse
 	mu       sync.Mutex
 	nextID   int64
+	seq      uint64
 	closed   bool
 	watchers map[int64]*watcher
 }
@@ -210,15 +217,16 @@ func (ws *WatchStream) Rev() int64 { return ws.h.notifiedRev() }
 
 // Watch adds a watcher of [key, end) (end nil: the key alone; empty: every
 // key from key on) from startRev (0: from the next revision). id
-// AutoWatchID lets the stream pick one.
-func (ws *WatchStream) Watch(id int64, key, end []byte, startRev int64, filters ...FilterFunc) (int64, error) {
+// AutoWatchID lets the stream pick one. It returns the id and the seq its
+// responses carry.
+func (ws *WatchStream) Watch(id int64, key, end []byte, startRev int64, filters ...FilterFunc) (int64, uint64, error) {
 	if len(end) != 0 && bytes.Compare(key, end) >= 0 {
-		return InvalidWatchID, ErrEmptyWatcherRange
+		return InvalidWatchID, 0, ErrEmptyWatcherRange
 	}
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
 	if ws.closed {
-		return InvalidWatchID, ErrEmptyWatcherRange
+		return InvalidWatchID, 0, ErrEmptyWatcherRange
 	}
 	if id == AutoWatchID {
 		for ws.watchers[ws.nextID] != nil {
@@ -227,12 +235,13 @@ func (ws *WatchStream) Watch(id int64, key, end []byte, startRev int64, filters 
 		id = ws.nextID
 		ws.nextID++
 	} else if _, dup := ws.watchers[id]; dup {
-		return InvalidWatchID, ErrWatcherDuplicateID
+		return InvalidWatchID, 0, ErrWatcherDuplicateID
 	}
-	w := &watcher{key: key, end: end, startRev: startRev, minRev: startRev, id: id, filters: filters, ch: ws.ch}
+	ws.seq++
+	w := &watcher{key: key, end: end, startRev: startRev, minRev: startRev, id: id, seq: ws.seq, filters: filters, ch: ws.ch}
 	ws.h.add(w)
 	ws.watchers[id] = w
-	return id, nil
+	return id, w.seq, nil
 }
 
 // Cancel removes a watcher.
