@@ -132,7 +132,11 @@ func durCycle(t *testing.T, p *robust.Proc, conns []*grpc.ClientConn, cycle int,
 		res durResult
 		wg  sync.WaitGroup
 	)
-	started := make(chan struct{}, len(conns))
+	// A writer reports its first write: nil once acknowledged, or its error.
+	// The first write waits for the connection to be ready, as the server was
+	// just restarted and a connection may still be in its reconnect backoff;
+	// later writes fail fast, which is how a writer learns of the kill.
+	started := make(chan error, len(conns))
 	for w := range conns {
 		wg.Add(1)
 		go func(w int) {
@@ -140,6 +144,7 @@ func durCycle(t *testing.T, p *robust.Proc, conns []*grpc.ClientConn, cycle int,
 			kv := pb.NewKVClient(conns[w])
 			for n := 0; ; n++ {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				opts := []grpc.CallOption{grpc.WaitForReady(n == 0)}
 				var err error
 				switch n % 4 {
 				case 1: // overwrite the writer's own key
@@ -148,7 +153,7 @@ func durCycle(t *testing.T, p *robust.Proc, conns []*grpc.ClientConn, cycle int,
 					own[w].inFlight = val
 					mu.Unlock()
 					var r *pb.PutResponse
-					if r, err = kv.Put(ctx, &pb.PutRequest{Key: []byte(key), Value: []byte(val)}); err == nil {
+					if r, err = kv.Put(ctx, &pb.PutRequest{Key: []byte(key), Value: []byte(val)}, opts...); err == nil {
 						mu.Lock()
 						own[w] = durOwn{acked: durWrite{key, val, r.Header.Revision}}
 						res.acked = append(res.acked, durWrite{key, val, r.Header.Revision})
@@ -163,7 +168,7 @@ func durCycle(t *testing.T, p *robust.Proc, conns []*grpc.ClientConn, cycle int,
 					r, err = kv.Txn(ctx, &pb.TxnRequest{Success: []*pb.RequestOp{
 						{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte(a), Value: []byte(val)}}},
 						{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte(b), Value: []byte(val)}}},
-					}})
+					}}, opts...)
 					if err == nil {
 						mu.Lock()
 						pairs[w] = durOwn{acked: durWrite{a, val, r.Header.Revision}}
@@ -173,28 +178,31 @@ func durCycle(t *testing.T, p *robust.Proc, conns []*grpc.ClientConn, cycle int,
 				default: // a new key
 					key := fmt.Sprintf("dur9/c%03d/w%d/%06d", cycle, w, n)
 					var r *pb.PutResponse
-					if r, err = kv.Put(ctx, &pb.PutRequest{Key: []byte(key), Value: []byte(durValue(key))}); err == nil {
+					if r, err = kv.Put(ctx, &pb.PutRequest{Key: []byte(key), Value: []byte(durValue(key))}, opts...); err == nil {
 						mu.Lock()
 						res.acked = append(res.acked, durWrite{key, durValue(key), r.Header.Revision})
 						mu.Unlock()
 					}
 				}
 				cancel()
+				if n == 0 {
+					started <- err
+				}
 				if err != nil {
 					mu.Lock()
 					res.inFlight++
 					mu.Unlock()
 					return // the server is gone: stop, leaving this write in flight
 				}
-				if n == 0 {
-					started <- struct{}{}
-				}
 			}
 		}(w)
 	}
 	for range conns {
 		select {
-		case <-started:
+		case err := <-started:
+			if err != nil {
+				t.Fatalf("cycle %d: a writer's first write failed: %v\n%s", cycle, err, p.Output())
+			}
 		case <-time.After(30 * time.Second):
 			t.Fatalf("cycle %d: writers not acknowledged within 30 s\n%s", cycle, p.Output())
 		}
