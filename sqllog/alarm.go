@@ -3,6 +3,7 @@ package sqllog
 import (
 	"context"
 	"fmt"
+	"sync"
 )
 
 // Alarm is a raised alarm: of a type (etcd's AlarmType numbers) on a member.
@@ -13,19 +14,27 @@ type Alarm struct {
 	Type     int32
 }
 
+// alarmSet is the alarm table and this process's copy of it, re-read when
+// an alarm changes here and on every poll of a shared database.
+type alarmSet struct {
+	st   *store
+	mu   sync.RWMutex
+	list []Alarm
+}
+
 // Alarms returns the raised alarms.
-func (l *Log) Alarms() []Alarm {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return append([]Alarm(nil), l.alarms...)
+func (as *alarmSet) Alarms() []Alarm {
+	as.mu.RLock()
+	defer as.mu.RUnlock()
+	return append([]Alarm(nil), as.list...)
 }
 
 // SetAlarm raises (active) or clears an alarm and reports whether that
 // changed anything.
-func (l *Log) SetAlarm(ctx context.Context, a Alarm, active bool) (bool, error) {
+func (as *alarmSet) SetAlarm(ctx context.Context, a Alarm, active bool) (bool, error) {
 	var query string
 	if active {
-		for _, x := range l.Alarms() {
+		for _, x := range as.Alarms() {
 			if x == a {
 				return false, nil
 			}
@@ -34,23 +43,23 @@ func (l *Log) SetAlarm(ctx context.Context, a Alarm, active bool) (bool, error) 
 	} else {
 		query = `DELETE FROM shimd_alarm WHERE member_id = ? AND alarm = ?`
 	}
-	res, err := l.be.Write.ExecContext(ctx, l.q(query), int64(a.MemberID), a.Type)
+	res, err := as.st.be.Write.ExecContext(ctx, as.st.q(query), int64(a.MemberID), a.Type)
 	if err != nil {
 		if active {
 			// Raised meanwhile by another process.
-			if lerr := l.loadAlarms(ctx); lerr == nil {
+			if lerr := as.load(ctx); lerr == nil {
 				return false, nil
 			}
 		}
 		return false, fmt.Errorf("set alarm: %w", err)
 	}
 	n, _ := res.RowsAffected()
-	return n > 0, l.loadAlarms(ctx)
+	return n > 0, as.load(ctx)
 }
 
-// loadAlarms re-reads the alarm table.
-func (l *Log) loadAlarms(ctx context.Context) error {
-	rows, err := l.be.Read.QueryContext(ctx, `SELECT member_id, alarm FROM shimd_alarm ORDER BY member_id, alarm`)
+// load re-reads the alarm table.
+func (as *alarmSet) load(ctx context.Context) error {
+	rows, err := as.st.be.Read.QueryContext(ctx, `SELECT member_id, alarm FROM shimd_alarm ORDER BY member_id, alarm`)
 	if err != nil {
 		return fmt.Errorf("read alarms: %w", err)
 	}
@@ -68,8 +77,8 @@ func (l *Log) loadAlarms(ctx context.Context) error {
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("read alarms: %w", err)
 	}
-	l.mu.Lock()
-	l.alarms = out
-	l.mu.Unlock()
+	as.mu.Lock()
+	as.list = out
+	as.mu.Unlock()
 	return nil
 }

@@ -3,7 +3,7 @@ package sqllog
 import (
 	"context"
 	"fmt"
-	"strings"
+	"log/slog"
 	"sync"
 	"time"
 )
@@ -14,35 +14,35 @@ import (
 // small transactions, so writers and readers are never stalled for long; the
 // returned channel is closed once they are gone. The latest version of every
 // live key is always kept.
-func (l *Log) Compact(ctx context.Context, rev int64) (<-chan struct{}, error) {
-	l.applyMu.Lock()
-	defer l.applyMu.Unlock()
-	tx, err := l.be.Dialect.BeginWrite(ctx, l.be.Write)
+func (c *compactor) Compact(ctx context.Context, rev int64) (<-chan struct{}, error) {
+	c.s.applyMu.Lock()
+	defer c.s.applyMu.Unlock()
+	tx, err := c.st.be.Dialect.BeginWrite(ctx, c.st.be.Write)
 	if err != nil {
 		return nil, fmt.Errorf("begin compaction: %w", err)
 	}
 	defer tx.Rollback()
-	m, err := l.readMeta(ctx, tx, true)
+	m, err := c.st.readMeta(ctx, tx, true)
 	if err != nil {
 		return nil, err
 	}
-	if err := l.catchUp(ctx, tx, m); err != nil {
+	if err := c.f.catchUp(ctx, tx, m); err != nil {
 		return nil, err
 	}
-	if rev <= l.CompactRev() {
+	if rev <= c.s.CompactRev() {
 		return nil, ErrCompacted
 	}
-	if rev > l.Rev() {
+	if rev > c.s.Rev() {
 		return nil, ErrFutureRev
 	}
-	prev := l.CompactRev()
-	if _, err := tx.ExecContext(ctx, l.q(`UPDATE shimd_meta SET compact_rev = ? WHERE id = 1`), rev); err != nil {
+	prev := c.s.CompactRev()
+	if _, err := tx.ExecContext(ctx, c.st.q(`UPDATE shimd_meta SET compact_rev = ? WHERE id = 1`), rev); err != nil {
 		return nil, fmt.Errorf("record compaction: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("record compaction: %w", err)
 	}
-	return l.compactIndex(rev, prev), nil
+	return c.compactIndex(rev, prev), nil
 }
 
 // compactIndex compacts the index at rev and queues its garbage rows for
@@ -57,19 +57,12 @@ func (l *Log) Compact(ctx context.Context, rev int64) (<-chan struct{}, error) {
 // its index from the rows (see reload) never takes a superseded put for
 // the latest. Deleting a row twice costs an index probe. A crash before the
 // rows are gone is harmless: the next start finds the same garbage.
-func (l *Log) compactIndex(rev, prev int64) <-chan struct{} {
-	l.mu.Lock()
-	garbage, freed := l.idx.compact(rev)
-	l.compactRev = rev
-	l.liveBytes -= freed
-	l.liveRows -= int64(len(garbage))
-	l.mu.Unlock()
-	compactRevGauge.Set(float64(rev))
-	job := compactJob{ids: garbage}
+func (c *compactor) compactIndex(rev, prev int64) <-chan struct{} {
+	job := compactJob{ids: c.s.compact(rev)}
 	if prev >= 0 {
 		job.rev, job.prev = rev, prev
 	}
-	return l.compactor.enqueue(job)
+	return c.enqueue(job)
 }
 
 // deleteChunk bounds the rows deleted in one transaction.
@@ -83,9 +76,15 @@ type compactJob struct {
 	done      chan struct{}
 }
 
-// compactor deletes garbage rows in the background, oldest job first.
+// compactor records compactions and deletes their garbage rows in the
+// background, oldest job first.
 type compactor struct {
-	l    *Log
+	s     *state
+	st    *store
+	f     *follower
+	maint *maintenance
+	lg    *slog.Logger
+
 	mu   sync.Mutex
 	jobs []compactJob
 	wake chan struct{}
@@ -93,8 +92,7 @@ type compactor struct {
 	wg   sync.WaitGroup
 }
 
-func (c *compactor) start(l *Log) {
-	c.l = l
+func (c *compactor) start() {
 	c.wake = make(chan struct{}, 1)
 	c.quit = make(chan struct{})
 	c.wg.Add(1)
@@ -135,7 +133,7 @@ func (c *compactor) run() {
 		job := c.jobs[0]
 		c.mu.Unlock()
 		if job.rev > 0 {
-			c.l.rememberCompactHash(context.Background(), job.rev, job.prev)
+			c.maint.rememberCompactHash(context.Background(), job.rev, job.prev)
 		}
 		for len(job.ids) > 0 {
 			select {
@@ -144,8 +142,8 @@ func (c *compactor) run() {
 			default:
 			}
 			n := min(len(job.ids), deleteChunk)
-			if err := c.delete(job.ids[:n]); err != nil {
-				c.l.lg.Error("compaction: deleting superseded rows failed; retrying", "err", err)
+			if err := c.st.deleteRows(context.Background(), job.ids[:n]); err != nil {
+				c.lg.Error("compaction: deleting superseded rows failed; retrying", "err", err)
 				select {
 				case <-c.quit:
 					return
@@ -160,15 +158,4 @@ func (c *compactor) run() {
 		c.jobs = c.jobs[1:]
 		c.mu.Unlock()
 	}
-}
-
-func (c *compactor) delete(ids []int64) error {
-	args := make([]any, len(ids))
-	for i, id := range ids {
-		args[i] = id
-	}
-	query := c.l.q(`DELETE FROM shimd_log WHERE id IN (?` + strings.Repeat(",?", len(ids)-1) + `)`)
-	defer observe("compact_delete", time.Now())
-	_, err := c.l.be.Write.ExecContext(context.Background(), query, args...)
-	return err
 }

@@ -21,33 +21,33 @@ type KVHash struct {
 // etcd's storage encoding and its marshalled KeyValue, so that shimd on any
 // database and etcd agree for the same history. It returns the current
 // revision too.
-func (l *Log) HashKV(ctx context.Context, rev int64) (KVHash, int64, error) {
+func (mt *maintenance) HashKV(ctx context.Context, rev int64) (KVHash, int64, error) {
 	// A compaction's own hash is remembered, as etcd does for its last ten:
 	// it covers the history up to the compact revision as it was before.
 	if rev > 0 {
-		l.hashMu.Lock()
-		for _, h := range l.compactHashes {
+		mt.hashMu.Lock()
+		for _, h := range mt.compactHashes {
 			if h.Revision == rev {
-				l.hashMu.Unlock()
-				return h, l.Rev(), nil
+				mt.hashMu.Unlock()
+				return h, mt.s.Rev(), nil
 			}
 		}
-		l.hashMu.Unlock()
+		mt.hashMu.Unlock()
 	}
-	l.mu.RLock()
-	compactRev, curRev := l.compactRev, l.rev
+	mt.s.mu.RLock()
+	compactRev, curRev := mt.s.compactRev, mt.s.rev
 	if rev > 0 && rev < compactRev {
-		l.mu.RUnlock()
+		mt.s.mu.RUnlock()
 		return KVHash{}, 0, ErrCompacted
 	}
 	if rev > curRev {
-		l.mu.RUnlock()
+		mt.s.mu.RUnlock()
 		return KVHash{}, curRev, ErrFutureRev
 	}
 	if rev == 0 {
 		rev = curRev
 	}
-	h, err := l.hashKV(ctx, rev, compactRev)
+	h, err := mt.hashKV(ctx, rev, compactRev)
 	return h, curRev, err
 }
 
@@ -57,37 +57,37 @@ const maxCompactHashes = 10
 // rememberCompactHash records the hash of the history up to rev as it is
 // before the compaction at rev removes anything (prev is the compact
 // revision before it). The compactor calls it before deleting rows.
-func (l *Log) rememberCompactHash(ctx context.Context, rev, prev int64) {
-	l.mu.RLock()
-	h, err := l.hashKV(ctx, rev, prev)
+func (mt *maintenance) rememberCompactHash(ctx context.Context, rev, prev int64) {
+	mt.s.mu.RLock()
+	h, err := mt.hashKV(ctx, rev, prev)
 	if err != nil {
-		l.lg.Warn("hashing the compacted history failed", "revision", rev, "err", err)
+		mt.lg.Warn("hashing the compacted history failed", "revision", rev, "err", err)
 		return
 	}
-	l.hashMu.Lock()
-	l.compactHashes = append(l.compactHashes, h)
-	if len(l.compactHashes) > maxCompactHashes {
-		l.compactHashes = l.compactHashes[1:]
+	mt.hashMu.Lock()
+	mt.compactHashes = append(mt.compactHashes, h)
+	if len(mt.compactHashes) > maxCompactHashes {
+		mt.compactHashes = mt.compactHashes[1:]
 	}
-	l.hashMu.Unlock()
+	mt.hashMu.Unlock()
 }
 
 // hashKV hashes as etcd does with compactRev as the compact revision; the
-// caller holds l.mu for reading, which hashKV releases.
-func (l *Log) hashKV(ctx context.Context, rev, compactRev int64) (KVHash, error) {
+// caller holds the state's mu for reading, which hashKV releases.
+func (mt *maintenance) hashKV(ctx context.Context, rev, compactRev int64) (KVHash, error) {
 	// keep: each key's latest revision at rev, unless that is a delete.
 	keep := make(map[int64]struct{})
-	l.idx.tree.Ascend(func(ki *keyIndex) bool {
+	mt.s.idx.tree.Ascend(func(ki *keyIndex) bool {
 		if e, live := ki.at(rev); live {
 			keep[e.id] = struct{}{}
 		}
 		return true
 	})
-	l.mu.RUnlock()
+	mt.s.mu.RUnlock()
 
 	h := crc32.New(crc32.MakeTable(crc32.Castagnoli))
 	h.Write([]byte("key"))
-	rows, err := l.be.Read.QueryContext(ctx, l.q(`SELECT id, rev, sub, kv_key, value, create_rev, version, lease, deleted FROM shimd_log WHERE rev <= ? ORDER BY id`), rev)
+	rows, err := mt.st.be.Read.QueryContext(ctx, mt.st.q(`SELECT id, rev, sub, kv_key, value, create_rev, version, lease, deleted FROM shimd_log WHERE rev <= ? ORDER BY id`), rev)
 	if err != nil {
 		return KVHash{}, fmt.Errorf("hash: %w", err)
 	}
@@ -138,10 +138,10 @@ func (l *Log) hashKV(ctx context.Context, rev, compactRev int64) (KVHash, error)
 // Hash hashes every row of the log and the lease table: a check that two
 // databases hold the same data (etcd's Hash covers its whole file, which
 // shimd does not have, so the values differ from etcd's).
-func (l *Log) Hash(ctx context.Context) (uint32, int64, error) {
-	curRev := l.Rev()
+func (mt *maintenance) Hash(ctx context.Context) (uint32, int64, error) {
+	curRev := mt.s.Rev()
 	h := crc32.New(crc32.MakeTable(crc32.Castagnoli))
-	rows, err := l.be.Read.QueryContext(ctx, `SELECT rev, sub, kv_key, value, create_rev, version, lease, deleted FROM shimd_log ORDER BY id`)
+	rows, err := mt.st.be.Read.QueryContext(ctx, `SELECT rev, sub, kv_key, value, create_rev, version, lease, deleted FROM shimd_log ORDER BY id`)
 	if err != nil {
 		return 0, 0, fmt.Errorf("hash: %w", err)
 	}
@@ -177,7 +177,7 @@ func (l *Log) Hash(ctx context.Context) (uint32, int64, error) {
 	if err := rows.Err(); err != nil {
 		return 0, 0, fmt.Errorf("hash: %w", err)
 	}
-	lrows, err := l.be.Read.QueryContext(ctx, `SELECT id, ttl FROM shimd_lease ORDER BY id`)
+	lrows, err := mt.st.be.Read.QueryContext(ctx, `SELECT id, ttl FROM shimd_lease ORDER BY id`)
 	if err != nil {
 		return 0, 0, fmt.Errorf("hash: %w", err)
 	}

@@ -1,9 +1,8 @@
 package sqllog
 
 import (
-	"context"
 	"errors"
-	"fmt"
+	"log/slog"
 	"math"
 	"sync"
 	"time"
@@ -28,10 +27,6 @@ const (
 	// hold and still be sent more history: each may carry historyBytes, so
 	// a stream catching up buffers a few of them, not streamBuffer.
 	catchUpQueue = 4
-	// cacheEvents and cacheBytes bound the recent events kept in memory, so
-	// that watchers a little behind catch up without reading the database.
-	cacheEvents = 2048
-	cacheBytes  = 4 << 20
 )
 
 // hub is the one log follower of a process: it fans each committed revision
@@ -40,7 +35,10 @@ const (
 // watcher never blocks the writer or other watchers: a send that would block
 // just moves it back to the lagging group.
 type hub struct {
-	l  *Log
+	s  *state
+	st *store
+	lg *slog.Logger
+
 	mu sync.Mutex
 	// rev is the last revision fanned out to the in-sync watchers.
 	rev      int64
@@ -52,9 +50,8 @@ type hub struct {
 	done     chan struct{}
 }
 
-func (h *hub) start(l *Log) {
-	h.l = l
-	h.rev = l.Rev()
+func (h *hub) start() {
+	h.rev = h.s.Rev()
 	h.synced = newWatcherGroup()
 	h.unsynced = make(map[*watcher]struct{})
 	h.wake = make(chan struct{}, 1)
@@ -141,6 +138,20 @@ func (h *hub) jump(rev int64) {
 	h.kick()
 }
 
+// notifyChanges hands committed changes, in log order, to the watchers, one
+// revision at a time.
+func (h *hub) notifyChanges(changes []Change) {
+	for i := 0; i < len(changes); {
+		rev := changes[i].e.rev
+		var evs []mvccpb.Event
+		for ; i < len(changes) && changes[i].e.rev == rev; i++ {
+			c := changes[i]
+			evs = append(evs, event(&mvccpb.KeyValue{Key: c.Key, Value: c.Value, CreateRevision: c.e.create, ModRevision: c.e.rev, Version: c.e.version, Lease: c.e.lease}, c.e.tombstone()))
+		}
+		h.notify(rev, evs)
+	}
+}
+
 // notify fans out the events of revision rev, committed in order.
 func (h *hub) notify(rev int64, evs []mvccpb.Event) {
 	h.mu.Lock()
@@ -200,7 +211,7 @@ func (h *hub) syncWatchers() int {
 		return 0
 	}
 	curRev := h.rev
-	compactRev := h.l.CompactRev()
+	compactRev := h.s.CompactRev()
 	now := time.Now()
 	chosen := make([]*watcher, 0, min(len(h.unsynced), maxWatchersPerSync))
 	from := make(map[*watcher]int64)
@@ -251,7 +262,7 @@ func (h *hub) syncWatchers() int {
 		return h.lagging()
 	}
 	if err != nil {
-		h.l.lg.Warn("watch: reading history failed; will retry", "err", err)
+		h.lg.Warn("watch: reading history failed; will retry", "err", err)
 		return h.lagging()
 	}
 
@@ -323,156 +334,4 @@ func (h *hub) lagging() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return len(h.unsynced)
-}
-
-// history returns the events of revisions from..to, whole revisions only,
-// and the last revision it covers (which may be less than to when the range
-// is large).
-func (h *hub) history(from, to int64) ([]mvccpb.Event, int64, error) {
-	if evs, ok := h.cache.get(from, to); ok {
-		return evs, to, nil
-	}
-	return h.l.readEvents(context.Background(), from, to, historyRows, historyBytes)
-}
-
-// eventCache keeps the events of recent revisions, oldest first.
-type eventCache struct {
-	revs  []cachedRev
-	count int
-	bytes int
-	// floor is the revision from which the cache is complete; 0 when empty.
-	floor int64
-}
-
-type cachedRev struct {
-	rev   int64
-	evs   []mvccpb.Event
-	bytes int
-}
-
-func (c *eventCache) add(rev int64, evs []mvccpb.Event) {
-	if c.floor == 0 {
-		c.floor = rev
-	}
-	size := 0
-	for _, ev := range evs {
-		size += len(ev.Kv.Key) + len(ev.Kv.Value) + 64
-	}
-	c.revs = append(c.revs, cachedRev{rev, evs, size})
-	c.count += len(evs)
-	c.bytes += size
-	for (c.count > cacheEvents || c.bytes > cacheBytes) && len(c.revs) > 0 {
-		c.count -= len(c.revs[0].evs)
-		c.bytes -= c.revs[0].bytes
-		c.floor = c.revs[0].rev + 1
-		c.revs[0] = cachedRev{}
-		c.revs = c.revs[1:]
-	}
-	if len(c.revs) == 0 {
-		c.floor = rev + 1
-	}
-}
-
-// get returns the cached events of revisions from..to if the cache holds
-// all of them.
-func (c *eventCache) get(from, to int64) ([]mvccpb.Event, bool) {
-	if c.floor == 0 || from < c.floor {
-		return nil, false
-	}
-	var evs []mvccpb.Event
-	for _, r := range c.revs {
-		if r.rev >= from && r.rev <= to {
-			evs = append(evs, r.evs...)
-		}
-	}
-	return evs, true
-}
-
-// compactedError reports that the database has been compacted at rev, above
-// the revision a read of history started from.
-type compactedError struct{ rev int64 }
-
-func (e *compactedError) Error() string {
-	return fmt.Sprintf("history compacted at revision %d", e.rev)
-}
-
-// readEvents reads the events of revisions from..to from the log, at most
-// about limit rows and maxBytes of keys and values, cut at a revision
-// boundary (a single revision is always read whole). It returns the last
-// revision it covers. It reads in one snapshot with the compact revision:
-// rows at or above the compact revision are never deleted, so the events are
-// complete, or it fails with a *compactedError when that is above from (some
-// of the rows may be gone, whether or not this process knows yet).
-func (l *Log) readEvents(ctx context.Context, from, to int64, limit, maxBytes int) ([]mvccpb.Event, int64, error) {
-	tx, err := l.be.Dialect.BeginSnapshot(ctx, l.be.Read)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer tx.Rollback()
-	var compactRev int64
-	if err := tx.QueryRowContext(ctx, `SELECT compact_rev FROM shimd_meta WHERE id = 1`).Scan(&compactRev); err != nil {
-		return nil, 0, err
-	}
-	if compactRev > from {
-		return nil, 0, &compactedError{rev: compactRev}
-	}
-	evs, upTo, err := l.readEventsIn(ctx, tx, from, to, limit, maxBytes)
-	if err != nil {
-		return nil, 0, err
-	}
-	return evs, upTo, tx.Commit()
-}
-
-func (l *Log) readEventsIn(ctx context.Context, q queryer, from, to int64, limit, maxBytes int) ([]mvccpb.Event, int64, error) {
-	// Ordered as the (rev, id) index is (the same order as id's), so the
-	// LIMIT stops the scan: by id alone, SQLite sorts every row of the range,
-	// values included, before the first is returned.
-	rows, err := q.QueryContext(ctx, l.q(`SELECT rev, kv_key, value, create_rev, version, lease, deleted FROM shimd_log WHERE rev >= ? AND rev <= ? ORDER BY rev, id LIMIT ?`), from, to, limit+1)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer rows.Close()
-	var evs []mvccpb.Event
-	size, full := 0, false
-	for rows.Next() {
-		var kv mvccpb.KeyValue
-		var deleted bool
-		if err := rows.Scan(&kv.ModRevision, &kv.Key, &kv.Value, &kv.CreateRevision, &kv.Version, &kv.Lease, &deleted); err != nil {
-			return nil, 0, err
-		}
-		evs = append(evs, event(&kv, deleted))
-		if size += len(kv.Key) + len(kv.Value); size > maxBytes && len(evs) <= limit {
-			// Over the byte bound: like the row bound, keep whole revisions.
-			full = true
-			break
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, 0, err
-	}
-	rows.Close()
-	if len(evs) <= limit && !full {
-		return evs, to, nil
-	}
-	// Over the limit: drop the last, possibly partial, revision, unless it is
-	// the only one, which is then read whole.
-	last := evs[len(evs)-1].Kv.ModRevision
-	if evs[0].Kv.ModRevision == last {
-		all, _, err := l.readEventsIn(ctx, q, last, last, math.MaxInt32, math.MaxInt)
-		return all, last, err
-	}
-	i := len(evs)
-	for evs[i-1].Kv.ModRevision == last {
-		i--
-	}
-	return evs[:i], last - 1, nil
-}
-
-// event builds a watch event from a log row; a delete carries only the key
-// and revision, as etcd's do.
-func event(kv *mvccpb.KeyValue, deleted bool) mvccpb.Event {
-	if deleted {
-		return mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: kv.Key, ModRevision: kv.ModRevision}}
-	}
-	return mvccpb.Event{Type: mvccpb.PUT, Kv: kv}
 }

@@ -68,48 +68,9 @@ func (ls *leases) attach(key []byte, lease int64) {
 	}
 }
 
-// applyChanges updates key attachments for committed changes; the caller
-// holds l.mu.
-func (l *Log) applyAttachments(changes []Change) {
-	for _, c := range changes {
-		if c.e.tombstone() {
-			l.leases.attach(c.Key, 0)
-		} else {
-			l.leases.attach(c.Key, c.e.lease)
-		}
-	}
-}
-
 type leaseOp struct {
 	revoke bool
 	lease  Lease
-}
-
-// loadLeases replaces the lease map with the lease table.
-func (l *Log) loadLeases(ctx context.Context, q queryer) error {
-	rows, err := q.QueryContext(ctx, `SELECT id, ttl, expires_at FROM shimd_lease`)
-	if err != nil {
-		return fmt.Errorf("read leases: %w", err)
-	}
-	defer rows.Close()
-	byID := make(map[int64]*Lease)
-	for rows.Next() {
-		var ls Lease
-		var ms int64
-		if err := rows.Scan(&ls.ID, &ls.TTL, &ms); err != nil {
-			return fmt.Errorf("read leases: %w", err)
-		}
-		ls.Expiry = time.UnixMilli(ms)
-		byID[ls.ID] = &ls
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("read leases: %w", err)
-	}
-	l.mu.Lock()
-	l.leases.byID = byID
-	l.leases.epoch++
-	l.mu.Unlock()
-	return nil
 }
 
 // LeaseExists reports whether lease id is granted, as of this request.
@@ -119,9 +80,10 @@ func (tw *TxnWrite) LeaseExists(id int64) bool {
 			return !op.revoke
 		}
 	}
-	tw.l.mu.RLock()
-	defer tw.l.mu.RUnlock()
-	return tw.l.leases.byID[id] != nil
+	s := tw.w.s
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.leases.byID[id] != nil
 }
 
 // GrantLease stages a new lease. The caller has checked that id is free.
@@ -137,12 +99,13 @@ func (tw *TxnWrite) RevokeLease(id int64) {
 // LeaseKeys returns, in key order, the keys attached to lease id as of this
 // request, including attachments staged earlier in the batch.
 func (tw *TxnWrite) LeaseKeys(id int64) [][]byte {
+	s := tw.w.s
 	cands := make(map[string]struct{})
-	tw.l.mu.RLock()
-	for k := range tw.l.leases.leaseKeys[id] {
+	s.mu.RLock()
+	for k := range s.leases.leaseKeys[id] {
 		cands[k] = struct{}{}
 	}
-	tw.l.mu.RUnlock()
+	s.mu.RUnlock()
 	for _, c := range tw.b.changes {
 		if c.e.lease == id {
 			cands[string(c.Key)] = struct{}{}
@@ -150,15 +113,15 @@ func (tw *TxnWrite) LeaseKeys(id int64) [][]byte {
 	}
 	rev := tw.curRev()
 	var keys [][]byte
-	tw.l.mu.RLock()
+	s.mu.RLock()
 	for k := range cands {
-		if ki := tw.l.idx.get([]byte(k)); ki != nil {
+		if ki := s.idx.get([]byte(k)); ki != nil {
 			if e, live := ki.at(rev); live && e.lease == id {
 				keys = append(keys, ki.key)
 			}
 		}
 	}
-	tw.l.mu.RUnlock()
+	s.mu.RUnlock()
 	sort.Slice(keys, func(i, j int) bool { return bytes.Compare(keys[i], keys[j]) < 0 })
 	return keys
 }
@@ -178,7 +141,8 @@ func (tw *TxnWrite) LeaseExpired(ctx context.Context, id int64, now time.Time) (
 		return false, errNeedTx
 	}
 	var ms int64
-	err := tw.b.tx.QueryRowContext(ctx, tw.l.q(`SELECT expires_at FROM shimd_lease WHERE id = ?`)+tw.l.be.Dialect.ForUpdate(), id).Scan(&ms)
+	st := tw.w.st
+	err := tw.b.tx.QueryRowContext(ctx, st.q(`SELECT expires_at FROM shimd_lease WHERE id = ?`)+st.be.Dialect.ForUpdate(), id).Scan(&ms)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
@@ -186,39 +150,11 @@ func (tw *TxnWrite) LeaseExpired(ctx context.Context, id int64, now time.Time) (
 		return false, fmt.Errorf("read lease: %w", err)
 	}
 	exp := time.UnixMilli(ms)
-	tw.l.mu.Lock()
-	if ls := tw.l.leases.byID[id]; ls != nil {
+	s := tw.w.s
+	s.mu.Lock()
+	if ls := s.leases.byID[id]; ls != nil {
 		ls.Expiry = exp
 	}
-	tw.l.mu.Unlock()
+	s.mu.Unlock()
 	return !exp.After(now), nil
-}
-
-// writeLeaseOps persists the batch's grants and revokes.
-func (l *Log) writeLeaseOps(ctx context.Context, tx *sql.Tx, ops []leaseOp) error {
-	for _, op := range ops {
-		var err error
-		if op.revoke {
-			_, err = tx.ExecContext(ctx, l.q(`DELETE FROM shimd_lease WHERE id = ?`), op.lease.ID)
-		} else {
-			_, err = tx.ExecContext(ctx, l.q(`INSERT INTO shimd_lease (id, ttl, expires_at) VALUES (?, ?, ?)`), op.lease.ID, op.lease.TTL, op.lease.Expiry.UnixMilli())
-		}
-		if err != nil {
-			return fmt.Errorf("write lease: %w", err)
-		}
-	}
-	return nil
-}
-
-// applyLeaseOps makes committed grants and revokes visible; the caller holds l.mu.
-func (l *Log) applyLeaseOps(ops []leaseOp) {
-	for _, op := range ops {
-		if op.revoke {
-			delete(l.leases.byID, op.lease.ID)
-			l.leases.epoch++
-			continue
-		}
-		ls := op.lease
-		l.leases.byID[ls.ID] = &ls
-	}
 }

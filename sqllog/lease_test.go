@@ -24,18 +24,18 @@ func rowExpiry(t *testing.T, l *Log, id int64) time.Time {
 }
 
 func mapLease(l *Log, id int64) (Lease, bool) {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	if ls := l.leases.byID[id]; ls != nil {
+	l.state.mu.RLock()
+	defer l.state.mu.RUnlock()
+	if ls := l.state.leases.byID[id]; ls != nil {
 		return *ls, true
 	}
 	return Lease{}, false
 }
 
 func epochNow(l *Log) int64 {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return l.leases.epoch
+	l.state.mu.RLock()
+	defer l.state.mu.RUnlock()
+	return l.state.leases.epoch
 }
 
 // TestRenewLease checks renewal against the expiry: a live lease's row and

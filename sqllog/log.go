@@ -2,67 +2,41 @@ package sqllog
 
 import (
 	"context"
-	"database/sql"
-	"fmt"
 	"log/slog"
-	"math/rand/v2"
-	"sync"
 	"time"
 
 	"github.com/shimd/shimd/drivers"
 )
 
-// SchemaVersion is the layout of the tables this code reads and writes.
-const SchemaVersion = 1
-
-// Log is the revision log of one database, with its in-memory index.
+// Log is the revision log of one database, with its in-memory index. It is
+// assembled from parts with one job each, whose methods it offers:
+//
+//   - state (state.go): the index and the revision it reflects;
+//   - store (store*.go, schema): the tables and every statement on them;
+//   - writer (writer.go, commit.go, txnwrite.go): Write, group commit;
+//   - reader (read.go): View, SerializableView, KVAt;
+//   - follower (follow.go): Barrier, and catching up with the database;
+//   - hub (hub.go, history.go, watch.go): NewWatchStream;
+//   - compactor (compact.go): Compact;
+//   - lessor (lessor.go, lease.go): RenewLease, LookupLease, Leases, ExpiredLeases;
+//   - alarmSet (alarm.go): Alarms, SetAlarm;
+//   - memberTable (member.go): Heartbeat, Members;
+//   - maintenance (space.go, hash.go, snapshot.go): Size, Defragment,
+//     HashKV, Hash, WriteSnapshot.
 type Log struct {
-	be *drivers.Backend
-	lg *slog.Logger
+	*state
+	*store
+	*writer
+	*reader
+	*follower
+	*hub
+	*compactor
+	*lessor
+	*alarmSet
+	*memberTable
+	*maintenance
 
-	// applyMu is held by whoever advances the index: the writer for a whole
-	// batch, the catch-up of other processes' rows, and compaction. It keeps
-	// rows from being applied twice or out of order.
-	applyMu sync.Mutex
-
-	// mu guards the fields below. Readers hold it only while walking the index.
-	mu         sync.RWMutex
-	idx        *index
-	rev        int64 // committed revision the index reflects
-	compactRev int64
-	lastID     int64
-	clusterID  uint64
-	leases     leases
-	leaseGen   int64 // meta.lease_gen the lease map reflects
-	liveBytes  int64 // keys and values of the retained rows
-	liveRows   int64 // retained rows
-	alarms     []Alarm
-
-	writes   chan *writeReq
-	maxBatch int
-	// appendQuery is the dialect's one-statement batch append ("" if none);
-	// fastCooldown counts the batches that skip it after it found another
-	// process's write. unsure is set when a commit's outcome is unknown.
-	appendQuery  string
-	fastCooldown int
-	unsure       bool
-	quit         chan struct{}
-	stopped      chan struct{}
-	closeMu      sync.RWMutex
-	closed       bool
-
-	compactor compactor
-	hub       hub
-	values    *valueCache
-	stmts     stmts
-
-	hashMu        sync.Mutex
-	compactHashes []KVHash
-
-	follower sync.WaitGroup
-
-	listenMu  sync.Mutex
-	listeners []func(rev int64)
+	clusterID uint64
 }
 
 // Options tune a Log.
@@ -90,173 +64,74 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = 256
 	}
-	l := &Log{
-		be:       be,
-		lg:       opts.Logger,
-		idx:      newIndex(),
-		leases:   newLeases(),
-		leaseGen: -1, // load the lease table on the first catch-up
-		writes:   make(chan *writeReq, 1024),
-		maxBatch: opts.MaxBatch,
-		quit:     make(chan struct{}),
-		stopped:  make(chan struct{}),
-	}
 	if opts.ValueCacheBytes == 0 {
 		opts.ValueCacheBytes = DefaultValueCacheBytes
 	}
-	l.values = newValueCache(opts.ValueCacheBytes)
-	if ba, ok := be.Dialect.(drivers.BatchAppender); ok {
-		l.appendQuery = ba.AppendBatchQuery()
-	}
-	if err := l.initSchema(ctx); err != nil {
-		return nil, err
-	}
-	for _, q := range l.writeStatements() {
-		if _, err := l.stmts.get(ctx, be.Write, q); err != nil {
-			return nil, fmt.Errorf("prepare: %w", err)
-		}
-	}
-	registerPool(be.Read, "shimd_read")
-	registerPool(be.Write, "shimd_write")
-	m, err := l.readMeta(ctx, be.Read, false)
+	lg := opts.Logger
+	s, st := newState(), newStore(be, opts.ValueCacheBytes)
+	l := &Log{state: s, store: st}
+	l.hub = &hub{s: s, st: st, lg: lg}
+	l.alarmSet = &alarmSet{st: st}
+	l.memberTable = &memberTable{st: st}
+	l.follower = &follower{s: s, st: st, hub: l.hub, alarms: l.alarmSet, lg: lg}
+	l.reader = &reader{s: s, st: st, f: l.follower}
+	l.lessor = &lessor{s: s, st: st, f: l.follower}
+	l.compactor = &compactor{s: s, st: st, f: l.follower, lg: lg}
+	l.maintenance = &maintenance{s: s, st: st, compactor: l.compactor, lg: lg}
+	l.follower.compactor, l.follower.leases = l.compactor, l.lessor
+	l.compactor.maint = l.maintenance
+	l.writer = &writer{s: s, st: st, r: l.reader, f: l.follower, hub: l.hub, maxBatch: opts.MaxBatch}
+
+	m, err := st.open(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if m.schemaVersion != SchemaVersion {
-		return nil, fmt.Errorf("database schema version %d, this shimd reads version %d", m.schemaVersion, SchemaVersion)
-	}
 	l.clusterID = uint64(m.clusterID)
-	l.compactor.start(l)
-	if err := l.load(ctx); err != nil {
+	l.compactor.start()
+	s.applyMu.Lock()
+	err = l.follower.catchUpSnapshot(ctx, true)
+	s.applyMu.Unlock()
+	if err == nil {
+		err = l.alarmSet.load(ctx)
+	}
+	if err != nil {
 		l.compactor.stop()
 		return nil, err
 	}
-	if err := l.loadAlarms(ctx); err != nil {
-		l.compactor.stop()
-		return nil, err
-	}
-	l.hub.start(l)
-	go l.writer()
-	if be.Shared {
-		l.follow(opts.PollInterval)
-	}
+	l.hub.start()
+	l.writer.start()
+	l.follower.start(opts.PollInterval)
 	return l, nil
 }
 
 // Close stops the writer after the batch in flight and releases the backend.
 func (l *Log) Close() error {
-	l.closeMu.Lock()
-	if l.closed {
-		l.closeMu.Unlock()
+	if !l.writer.stop() {
 		return nil
 	}
-	l.closed = true
-	l.closeMu.Unlock()
-	close(l.quit)
-	<-l.stopped
-	l.follower.Wait()
+	l.follower.stop()
 	l.hub.stop()
 	l.compactor.stop()
-	l.stmts.close()
-	l.values.close()
-	return l.be.Close()
+	return l.store.close()
 }
-
-// Backend returns the database the log is stored in.
-func (l *Log) Backend() *drivers.Backend { return l.be }
 
 // Rev returns the latest committed revision.
-func (l *Log) Rev() int64 {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return l.rev
-}
+func (l *Log) Rev() int64 { return l.state.Rev() }
 
 // CompactRev returns the revision the log has been compacted to (0 if never).
-func (l *Log) CompactRev() int64 {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return l.compactRev
-}
+func (l *Log) CompactRev() int64 { return l.state.CompactRev() }
+
+// Backend returns the database the log is stored in.
+func (l *Log) Backend() *drivers.Backend { return l.store.be }
 
 // ClusterID identifies the database: every process on it reports the same id.
 func (l *Log) ClusterID() uint64 { return l.clusterID }
 
-// OnCommit registers fn to be called with the new revision after each commit
-// or catch-up. fn must not block.
-func (l *Log) OnCommit(fn func(rev int64)) {
-	l.listenMu.Lock()
-	l.listeners = append(l.listeners, fn)
-	l.listenMu.Unlock()
-}
+// Shared reports whether other processes may share the database.
+func (l *Log) Shared() bool { return l.store.be.Shared }
 
-func (l *Log) notify(rev int64) {
-	l.listenMu.Lock()
-	fns := l.listeners
-	l.listenMu.Unlock()
-	for _, fn := range fns {
-		fn(rev)
-	}
-}
-
-func (l *Log) q(query string) string { return l.be.Dialect.Rebind(query) }
-
-func (l *Log) initSchema(ctx context.Context) error {
-	tx, err := l.be.Dialect.BeginWrite(ctx, l.be.Write)
-	if err != nil {
-		return fmt.Errorf("begin schema transaction: %w", err)
-	}
-	defer tx.Rollback()
-	for _, stmt := range l.be.Dialect.Schema() {
-		if _, err := tx.ExecContext(ctx, stmt); err != nil {
-			return fmt.Errorf("create schema: %w", err)
-		}
-	}
-	var n int
-	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM shimd_meta`).Scan(&n); err != nil {
-		return fmt.Errorf("read meta: %w", err)
-	}
-	if n == 0 {
-		// etcd's store starts at revision 1 with no keys.
-		clusterID := rand.Int64N(1<<62) + 1
-		if _, err := tx.ExecContext(ctx, l.q(`INSERT INTO shimd_meta (id, schema_version, rev, last_id, compact_rev, lease_gen, cluster_id) VALUES (1, ?, 1, 0, 0, 0, ?)`),
-			SchemaVersion, clusterID); err != nil {
-			// Another process starting at the same time got there first.
-			tx.Rollback()
-			if _, merr := l.readMeta(ctx, l.be.Write, false); merr == nil {
-				return nil
-			}
-			return fmt.Errorf("init meta: %w", err)
-		}
-	}
-	return tx.Commit()
-}
-
-type meta struct {
-	schemaVersion int64
-	rev           int64
-	lastID        int64
-	compactRev    int64
-	leaseGen      int64
-	clusterID     int64
-}
-
-type queryer interface {
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
-
-// readMeta reads the meta row; with lock (inside a write transaction) it
-// also locks it until the transaction ends.
-func (l *Log) readMeta(ctx context.Context, q queryer, lock bool) (meta, error) {
-	var m meta
-	query := `SELECT schema_version, rev, last_id, compact_rev, lease_gen, cluster_id FROM shimd_meta WHERE id = 1`
-	if lock {
-		query += l.be.Dialect.ForUpdate()
-	}
-	err := q.QueryRowContext(ctx, query).Scan(&m.schemaVersion, &m.rev, &m.lastID, &m.compactRev, &m.leaseGen, &m.clusterID)
-	if err != nil {
-		return m, fmt.Errorf("read meta: %w", err)
-	}
-	return m, nil
+// Ping checks that the database answers.
+func (l *Log) Ping(ctx context.Context) error {
+	_, err := l.store.readMeta(ctx, l.store.be.Read, false)
+	return err
 }

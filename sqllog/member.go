@@ -14,18 +14,21 @@ type Member struct {
 	ClientURLs []string
 }
 
+// memberTable is the list of processes serving the database.
+type memberTable struct{ st *store }
+
 // Heartbeat records that member m is alive now. Processes sharing a
 // database list each other from these rows.
-func (l *Log) Heartbeat(ctx context.Context, m Member, now time.Time) error {
+func (mt *memberTable) Heartbeat(ctx context.Context, m Member, now time.Time) error {
 	urls := strings.Join(m.ClientURLs, ",")
-	res, err := l.be.Write.ExecContext(ctx, l.q(`UPDATE shimd_member SET name = ?, client_urls = ?, heartbeat_at = ? WHERE id = ?`), m.Name, urls, now.UnixMilli(), int64(m.ID))
+	res, err := mt.st.be.Write.ExecContext(ctx, mt.st.q(`UPDATE shimd_member SET name = ?, client_urls = ?, heartbeat_at = ? WHERE id = ?`), m.Name, urls, now.UnixMilli(), int64(m.ID))
 	if err != nil {
 		return fmt.Errorf("member heartbeat: %w", err)
 	}
 	if n, _ := res.RowsAffected(); n > 0 {
 		return nil
 	}
-	_, err = l.be.Write.ExecContext(ctx, l.q(`INSERT INTO shimd_member (id, name, client_urls, heartbeat_at) VALUES (?, ?, ?, ?)`), int64(m.ID), m.Name, urls, now.UnixMilli())
+	_, err = mt.st.be.Write.ExecContext(ctx, mt.st.q(`INSERT INTO shimd_member (id, name, client_urls, heartbeat_at) VALUES (?, ?, ?, ?)`), int64(m.ID), m.Name, urls, now.UnixMilli())
 	if err != nil {
 		return fmt.Errorf("member heartbeat: %w", err)
 	}
@@ -33,8 +36,8 @@ func (l *Log) Heartbeat(ctx context.Context, m Member, now time.Time) error {
 }
 
 // Members returns the members whose last heartbeat is after since, by id.
-func (l *Log) Members(ctx context.Context, since time.Time) ([]Member, error) {
-	rows, err := l.be.Read.QueryContext(ctx, l.q(`SELECT id, name, client_urls FROM shimd_member WHERE heartbeat_at > ? ORDER BY id`), since.UnixMilli())
+func (mt *memberTable) Members(ctx context.Context, since time.Time) ([]Member, error) {
+	rows, err := mt.st.be.Read.QueryContext(ctx, mt.st.q(`SELECT id, name, client_urls FROM shimd_member WHERE heartbeat_at > ? ORDER BY id`), since.UnixMilli())
 	if err != nil {
 		return nil, fmt.Errorf("list members: %w", err)
 	}
@@ -55,6 +58,3 @@ func (l *Log) Members(ctx context.Context, since time.Time) ([]Member, error) {
 	}
 	return out, rows.Err()
 }
-
-// Shared reports whether other processes may share the database.
-func (l *Log) Shared() bool { return l.be.Shared }

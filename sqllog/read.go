@@ -2,9 +2,6 @@ package sqllog
 
 import (
 	"context"
-	"fmt"
-	"strings"
-	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
@@ -40,8 +37,15 @@ type ReadView interface {
 	Range(ctx context.Context, key, end []byte, ro RangeOptions) (*RangeResult, error)
 }
 
+// reader answers reads from the index, and values from the store.
+type reader struct {
+	s  *state
+	st *store
+	f  *follower
+}
+
 type readView struct {
-	l   *Log
+	r   *reader
 	rev int64
 	ops int
 }
@@ -49,31 +53,29 @@ type readView struct {
 // View returns a read view at the latest revision. On a shared database it
 // first catches up with what other processes committed, so that a read never
 // misses a write acknowledged before it started.
-func (l *Log) View(ctx context.Context) (ReadView, error) {
-	if l.be.Shared {
-		if err := l.sync(ctx); err != nil {
-			return nil, err
-		}
+func (r *reader) View(ctx context.Context) (ReadView, error) {
+	if err := r.f.Barrier(ctx); err != nil {
+		return nil, err
 	}
-	return &readView{l: l, rev: l.Rev()}, nil
+	return &readView{r: r, rev: r.s.Rev()}, nil
 }
 
 // SerializableView returns a read view at the latest revision this process
 // has applied, without asking the database for newer ones: etcd's
 // serializable read, which may miss writes acknowledged by other processes
 // in the last poll interval.
-func (l *Log) SerializableView() ReadView {
-	return &readView{l: l, rev: l.Rev()}
+func (r *reader) SerializableView() ReadView {
+	return &readView{r: r, rev: r.s.Rev()}
 }
 
 func (v *readView) Rev() int64      { return v.rev }
-func (v *readView) FirstRev() int64 { return v.l.CompactRev() }
+func (v *readView) FirstRev() int64 { return v.r.s.CompactRev() }
 func (v *readView) Range(ctx context.Context, key, end []byte, ro RangeOptions) (*RangeResult, error) {
 	rangeCounter.Inc()
 	if v.ops++; v.ops == 2 {
 		txnCounter.Inc()
 	}
-	return v.l.rangeKeys(ctx, key, end, v.rev, ro, nil)
+	return v.r.rangeKeys(ctx, key, end, v.rev, ro, nil)
 }
 
 type hit struct {
@@ -82,15 +84,16 @@ type hit struct {
 }
 
 // lookup walks the index for the keys live at rev in [key, end).
-func (l *Log) lookup(key, end []byte, rev, limit int64, countOnly bool) ([]hit, int64, error) {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	if rev < l.compactRev {
+func (r *reader) lookup(key, end []byte, rev, limit int64, countOnly bool) ([]hit, int64, error) {
+	s := r.s
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if rev < s.compactRev {
 		return nil, 0, ErrCompacted
 	}
 	var hits []hit
 	var count int64
-	l.idx.ascend(key, end, func(ki *keyIndex) bool {
+	s.idx.ascend(key, end, func(ki *keyIndex) bool {
 		e, live := ki.at(rev)
 		if !live {
 			return true
@@ -106,7 +109,7 @@ func (l *Log) lookup(key, end []byte, rev, limit int64, countOnly bool) ([]hit, 
 
 // rangeKeys is Range for any view whose current revision is curRev. pending
 // holds values written by the batch in progress, not yet in the database.
-func (l *Log) rangeKeys(ctx context.Context, key, end []byte, curRev int64, ro RangeOptions, pending map[int64][]byte) (*RangeResult, error) {
+func (r *reader) rangeKeys(ctx context.Context, key, end []byte, curRev int64, ro RangeOptions, pending map[int64][]byte) (*RangeResult, error) {
 	rev := ro.Rev
 	if rev > curRev {
 		return &RangeResult{Count: -1, Rev: curRev}, ErrFutureRev
@@ -114,7 +117,7 @@ func (l *Log) rangeKeys(ctx context.Context, key, end []byte, curRev int64, ro R
 	if rev <= 0 {
 		rev = curRev
 	}
-	hits, count, err := l.lookup(key, end, rev, ro.Limit, ro.Count)
+	hits, count, err := r.lookup(key, end, rev, ro.Limit, ro.Count)
 	if err != nil {
 		return &RangeResult{Count: -1}, err
 	}
@@ -131,20 +134,17 @@ func (l *Log) rangeKeys(ctx context.Context, key, end []byte, curRev int64, ro R
 	if ro.KeysOnly {
 		return res, nil
 	}
-	if err := l.fillValues(ctx, hits, kvs, pending); err != nil {
+	if err := r.fillValues(ctx, hits, kvs, pending); err != nil {
 		return nil, err
 	}
 	return res, nil
 }
 
-// fetchChunk bounds the ids in one value query.
-const fetchChunk = 256
-
 // fillValues reads the values of hits from pending, the cache or the
 // database. A read of more than one chunk runs its chunks in parallel, on as
 // many connections: a large page's values arrive in the time of the slowest
 // chunk rather than of all of them.
-func (l *Log) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyValue, pending map[int64][]byte) error {
+func (r *reader) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyValue, pending map[int64][]byte) error {
 	var want map[int64]int
 	var ids []int64
 	for i, h := range hits {
@@ -152,7 +152,7 @@ func (l *Log) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyValue,
 			kvs[i].Value = v
 			continue
 		}
-		if v, ok := l.values.get(h.e.id); ok {
+		if v, ok := r.st.values.get(h.e.id); ok {
 			kvs[i].Value = v
 			continue
 		}
@@ -172,11 +172,11 @@ func (l *Log) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyValue,
 		ids = ids[n:]
 	}
 	if len(chunks) == 1 {
-		return l.fetchValues(ctx, chunks[0], want, kvs)
+		return r.st.fetchValues(ctx, chunks[0], want, kvs)
 	}
 	errs := make(chan error, len(chunks))
 	for _, chunk := range chunks {
-		go func() { errs <- l.fetchValues(ctx, chunk, want, kvs) }()
+		go func() { errs <- r.st.fetchValues(ctx, chunk, want, kvs) }()
 	}
 	var err error
 	for range chunks {
@@ -187,69 +187,13 @@ func (l *Log) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyValue,
 	return err
 }
 
-// fetchValues reads the values of the row ids in chunk into kvs at the
-// places want gives. Concurrent calls write distinct places of kvs and only
-// read want.
-func (l *Log) fetchValues(ctx context.Context, chunk []int64, want map[int64]int, kvs []mvccpb.KeyValue) error {
-	size := sizeClass(len(chunk))
-	args := make([]any, size)
-	for i := range args {
-		args[i] = chunk[min(i, len(chunk)-1)]
-	}
-	query := l.q(`SELECT id, value FROM shimd_log WHERE id IN (?` + strings.Repeat(",?", size-1) + `)`)
-	start := time.Now()
-	st, err := l.stmts.get(ctx, l.be.Read, query)
-	if err != nil {
-		return fmt.Errorf("read values: %w", err)
-	}
-	rows, err := st.QueryContext(ctx, args...)
-	if err != nil {
-		return fmt.Errorf("read values: %w", err)
-	}
-	found := 0
-	for rows.Next() {
-		var id int64
-		var v []byte
-		if err := rows.Scan(&id, &v); err != nil {
-			rows.Close()
-			return fmt.Errorf("read values: %w", err)
-		}
-		if i, ok := want[id]; ok {
-			if kvs[i].Value == nil {
-				found++ // the padding repeats an id: count it once
-			}
-			if v == nil {
-				v = []byte{}
-			}
-			kvs[i].Value = v
-			l.values.put(id, v)
-		}
-	}
-	rows.Close()
-	observe("read_values", start)
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("read values: %w", err)
-	}
-	if found < len(chunk) {
-		// Compaction removed a row between the index walk and this read.
-		return ErrCompacted
-	}
-	return nil
-}
-
 // KVAt returns key as it was at rev, or nil if it was absent then. Unlike a
 // view it may read the revision being fanned out to watchers, which readers
 // cannot see yet; a watcher asking for prev_kv reads just before it.
-func (l *Log) KVAt(ctx context.Context, key []byte, rev int64) (*mvccpb.KeyValue, error) {
-	rr, err := l.rangeKeys(ctx, key, nil, max(rev, l.Rev()), RangeOptions{Rev: rev}, nil)
+func (r *reader) KVAt(ctx context.Context, key []byte, rev int64) (*mvccpb.KeyValue, error) {
+	rr, err := r.rangeKeys(ctx, key, nil, max(rev, r.s.Rev()), RangeOptions{Rev: rev}, nil)
 	if err != nil || len(rr.KVs) == 0 {
 		return nil, err
 	}
 	return rr.KVs[0], nil
-}
-
-// Ping checks that the database answers.
-func (l *Log) Ping(ctx context.Context) error {
-	_, err := l.readMeta(ctx, l.be.Read, false)
-	return err
 }

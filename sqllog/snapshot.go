@@ -21,13 +21,13 @@ const snapshotMagic = "SHIMD-SNAPSHOT-1\n"
 
 // WriteSnapshot writes a consistent snapshot of the database to w. It reads
 // inside one read-only transaction, so writers go on meanwhile.
-func (l *Log) WriteSnapshot(ctx context.Context, w io.Writer) error {
-	tx, err := l.be.Dialect.BeginSnapshot(ctx, l.be.Read)
+func (mt *maintenance) WriteSnapshot(ctx context.Context, w io.Writer) error {
+	tx, err := mt.st.be.Dialect.BeginSnapshot(ctx, mt.st.be.Read)
 	if err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
 	defer tx.Rollback()
-	m, err := l.readMeta(ctx, l.be.Read, false)
+	m, err := mt.st.readMeta(ctx, mt.st.be.Read, false)
 	if err != nil {
 		return err
 	}
@@ -149,13 +149,14 @@ func Restore(ctx context.Context, l *Log, r io.Reader) error {
 	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
 		return fmt.Errorf("snapshot checksum mismatch: the file is damaged or truncated")
 	}
-	if l.Rev() != 1 || l.lastID != 0 {
+	s, st := l.state, l.store
+	if p := s.position(); p.rev != 1 || p.lastID != 0 {
 		return ErrNotEmpty
 	}
 	rd := &recordReader{b: body[len(snapshotMagic):]}
-	l.applyMu.Lock()
-	defer l.applyMu.Unlock()
-	tx, err := l.be.Dialect.BeginWrite(ctx, l.be.Write)
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	tx, err := st.be.Dialect.BeginWrite(ctx, st.be.Write)
 	if err != nil {
 		return err
 	}
@@ -166,7 +167,7 @@ func Restore(ctx context.Context, l *Log, r io.Reader) error {
 		if len(b.changes) == 0 {
 			return nil
 		}
-		err := l.insert(ctx, tx, b)
+		err := st.insert(ctx, tx, b.changes)
 		b.changes = b.changes[:0]
 		return err
 	}
@@ -190,7 +191,7 @@ func Restore(ctx context.Context, l *Log, r io.Reader) error {
 		case 'L':
 			id, ttl := rd.int(), rd.int()
 			rd.int() // the expiry at snapshot time; restarted below
-			if err := l.writeLeaseOps(ctx, tx, []leaseOp{{lease: Lease{ID: id, TTL: ttl, Expiry: time.Now().Add(time.Duration(ttl) * time.Second)}}}); err != nil {
+			if err := st.writeLeaseOps(ctx, tx, []leaseOp{{lease: Lease{ID: id, TTL: ttl, Expiry: time.Now().Add(time.Duration(ttl) * time.Second)}}}); err != nil {
 				return err
 			}
 		case 'E':
@@ -205,7 +206,7 @@ func Restore(ctx context.Context, l *Log, r io.Reader) error {
 	if err := flush(); err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, l.q(`UPDATE shimd_meta SET rev = ?, last_id = ?, compact_rev = ?, cluster_id = ?, lease_gen = lease_gen + 1 WHERE id = 1`), m.rev, m.lastID, m.compactRev, m.clusterID); err != nil {
+	if _, err := tx.ExecContext(ctx, st.q(`UPDATE shimd_meta SET rev = ?, last_id = ?, compact_rev = ?, cluster_id = ?, lease_gen = lease_gen + 1 WHERE id = 1`), m.rev, m.lastID, m.compactRev, m.clusterID); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
 	return tx.Commit()
@@ -248,29 +249,4 @@ func (r *recordReader) bytes() []byte {
 	out := r.b[:n]
 	r.b = r.b[n:]
 	return out
-}
-
-// StartAt moves an empty log's revision to rev, so that what is written
-// next gets revisions above those a migrated-from store handed out:
-// clients that remember revisions (a kube-apiserver's resourceVersions)
-// never see them go backwards.
-func StartAt(ctx context.Context, l *Log, rev int64) error {
-	l.applyMu.Lock()
-	defer l.applyMu.Unlock()
-	if l.Rev() != 1 || l.lastID != 0 {
-		return ErrNotEmpty
-	}
-	if rev <= 1 {
-		return nil
-	}
-	if _, err := l.be.Write.ExecContext(ctx, l.q(`UPDATE shimd_meta SET rev = ? WHERE id = 1`), rev); err != nil {
-		return fmt.Errorf("set revision: %w", err)
-	}
-	l.mu.Lock()
-	l.rev = rev
-	l.mu.Unlock()
-	l.hub.mu.Lock()
-	l.hub.rev = rev
-	l.hub.mu.Unlock()
-	return nil
 }

@@ -204,9 +204,9 @@ type WatchStream struct {
 }
 
 // NewWatchStream opens a stream of watchers on the log.
-func (l *Log) NewWatchStream() *WatchStream {
+func (h *hub) NewWatchStream() *WatchStream {
 	watchStreamGauge.Inc()
-	return &WatchStream{h: &l.hub, ch: make(chan WatchResponse, streamBuffer), watchers: make(map[int64]*watcher)}
+	return &WatchStream{h: h, ch: make(chan WatchResponse, streamBuffer), watchers: make(map[int64]*watcher)}
 }
 
 // Chan delivers the stream's responses.

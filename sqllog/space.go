@@ -1,6 +1,23 @@
 package sqllog
 
-import "context"
+import (
+	"context"
+	"log/slog"
+	"sync"
+)
+
+// maintenance is etcd's Maintenance service over the log: the database's
+// size and its defragmentation (this file), hashes (hash.go) and snapshots
+// (snapshot.go).
+type maintenance struct {
+	s         *state
+	st        *store
+	compactor *compactor
+	lg        *slog.Logger
+
+	hashMu        sync.Mutex
+	compactHashes []KVHash
+}
 
 // rowOverhead estimates what a log row costs beyond its key and value:
 // the other columns, row header and index entries.
@@ -9,15 +26,15 @@ const rowOverhead = 64
 // Size returns the bytes the database holds for shimd (etcd's dbSize) and
 // how many of them are live (dbSizeInUse). Where the database cannot tell
 // the live part cheaply, it is estimated from the retained rows.
-func (l *Log) Size(ctx context.Context) (size, inUse int64, err error) {
-	size, inUse, err = l.be.Dialect.Size(ctx, l.be.Read)
+func (mt *maintenance) Size(ctx context.Context) (size, inUse int64, err error) {
+	size, inUse, err = mt.st.be.Dialect.Size(ctx, mt.st.be.Read)
 	if err != nil {
 		return 0, 0, err
 	}
 	if inUse < 0 {
-		l.mu.RLock()
-		inUse = l.liveBytes + l.liveRows*rowOverhead
-		l.mu.RUnlock()
+		mt.s.mu.RLock()
+		inUse = mt.s.liveBytes + mt.s.liveRows*rowOverhead
+		mt.s.mu.RUnlock()
 	}
 	return size, min(size, inUse), nil
 }
@@ -28,11 +45,11 @@ func (l *Log) Size(ctx context.Context) (size, inUse int64, err error) {
 // background): a rebuild that copies them keeps their space, and a delete
 // that runs during the rebuild frees none, so the guide's `compact; defrag`
 // would leave the size over the quota.
-func (l *Log) Defragment(ctx context.Context) error {
+func (mt *maintenance) Defragment(ctx context.Context) error {
 	select {
-	case <-l.compactor.enqueue(compactJob{}):
+	case <-mt.compactor.enqueue(compactJob{}):
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	return l.be.Dialect.Defragment(ctx, l.be.Write)
+	return mt.st.be.Dialect.Defragment(ctx, mt.st.be.Write)
 }

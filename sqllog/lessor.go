@@ -25,48 +25,83 @@ import (
 // expired (LeaseExpired), so a racing renewal either commits first and is
 // seen there, or waits and finds the row gone.
 
+// lessor serves lease reads and renewals; grants and revocations are
+// writes, staged through TxnWrite.
+type lessor struct {
+	s  *state
+	st *store
+	f  *follower
+}
+
+// load replaces the lease map with the lease table.
+func (lr *lessor) load(ctx context.Context, q queryer) error {
+	rows, err := q.QueryContext(ctx, `SELECT id, ttl, expires_at FROM shimd_lease`)
+	if err != nil {
+		return fmt.Errorf("read leases: %w", err)
+	}
+	defer rows.Close()
+	byID := make(map[int64]*Lease)
+	for rows.Next() {
+		var l Lease
+		var ms int64
+		if err := rows.Scan(&l.ID, &l.TTL, &ms); err != nil {
+			return fmt.Errorf("read leases: %w", err)
+		}
+		l.Expiry = time.UnixMilli(ms)
+		byID[l.ID] = &l
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read leases: %w", err)
+	}
+	lr.s.mu.Lock()
+	lr.s.leases.byID = byID
+	lr.s.leases.epoch++
+	lr.s.mu.Unlock()
+	return nil
+}
+
 // RenewLease restarts lease id's TTL from now and returns the TTL. An
 // expired lease is not renewed but reported with ErrLeaseExpired: it is
 // about to be revoked. The renewal is one conditional statement, so it
 // never revives an expired lease, and one racing with a revocation waits
 // for it and then finds the row gone.
-func (l *Log) RenewLease(ctx context.Context, id int64, now time.Time) (int64, error) {
-	l.mu.RLock()
+func (lr *lessor) RenewLease(ctx context.Context, id int64, now time.Time) (int64, error) {
+	lr.s.mu.RLock()
 	var cur Lease
-	ls := l.leases.byID[id]
+	ls := lr.s.leases.byID[id]
 	if ls != nil {
 		cur = *ls
 	}
-	epoch := l.leases.epoch
-	l.mu.RUnlock()
+	epoch := lr.s.leases.epoch
+	lr.s.mu.RUnlock()
 	switch {
 	case ls != nil && cur.Expiry.After(now):
-		ok, err := l.renew(ctx, cur, now, epoch)
+		ok, err := lr.renew(ctx, cur, now, epoch)
 		if err != nil || ok {
 			return cur.TTL, err
 		}
-		if !l.be.Shared {
+		if !lr.st.be.Shared {
 			return 0, ErrLeaseNotFound // revoked meanwhile
 		}
 		// Another process revoked it, or granted the id again.
-	case !l.be.Shared && ls != nil:
+	case !lr.st.be.Shared && ls != nil:
 		return 0, ErrLeaseExpired
-	case !l.be.Shared:
+	case !lr.st.be.Shared:
 		return 0, ErrLeaseNotFound
 	}
 	// The row may be newer than the map: granted, or renewed, through
 	// another process. Between the read and the renewal it can change
 	// again; a few tries settle it.
 	for range 3 {
-		row, err := l.readLease(ctx, id)
+		row, err := lr.readLease(ctx, id)
 		if err != nil {
 			return 0, err
 		}
 		if !row.Expiry.After(now) {
-			l.learnLease(row, epoch)
+			lr.learnLease(row, epoch)
 			return 0, ErrLeaseExpired
 		}
-		ok, err := l.renew(ctx, row, now, epoch)
+		ok, err := lr.renew(ctx, row, now, epoch)
 		if err != nil || ok {
 			return row.TTL, err
 		}
@@ -76,9 +111,9 @@ func (l *Log) RenewLease(ctx context.Context, id int64, now time.Time) (int64, e
 
 // renew sets lease ls's expiry to now+TTL if its row still has ls's TTL and
 // has not expired by now, and reports whether it did.
-func (l *Log) renew(ctx context.Context, ls Lease, now time.Time, epoch int64) (bool, error) {
+func (lr *lessor) renew(ctx context.Context, ls Lease, now time.Time, epoch int64) (bool, error) {
 	exp := now.Add(time.Duration(ls.TTL) * time.Second)
-	res, err := l.be.Write.ExecContext(ctx, l.q(`UPDATE shimd_lease SET expires_at = ? WHERE id = ? AND ttl = ? AND expires_at > ?`),
+	res, err := lr.st.be.Write.ExecContext(ctx, lr.st.q(`UPDATE shimd_lease SET expires_at = ? WHERE id = ? AND ttl = ? AND expires_at > ?`),
 		exp.UnixMilli(), ls.ID, ls.TTL, now.UnixMilli())
 	if err != nil {
 		return false, fmt.Errorf("renew lease: %w", err)
@@ -91,15 +126,15 @@ func (l *Log) renew(ctx context.Context, ls Lease, now time.Time, epoch int64) (
 		return false, nil
 	}
 	ls.Expiry = exp
-	l.learnLease(ls, epoch)
+	lr.learnLease(ls, epoch)
 	return true, nil
 }
 
 // readLease reads lease id's row.
-func (l *Log) readLease(ctx context.Context, id int64) (Lease, error) {
+func (lr *lessor) readLease(ctx context.Context, id int64) (Lease, error) {
 	ls := Lease{ID: id}
 	var ms int64
-	err := l.be.Read.QueryRowContext(ctx, l.q(`SELECT ttl, expires_at FROM shimd_lease WHERE id = ?`), id).Scan(&ls.TTL, &ms)
+	err := lr.st.be.Read.QueryRowContext(ctx, lr.st.q(`SELECT ttl, expires_at FROM shimd_lease WHERE id = ?`), id).Scan(&ls.TTL, &ms)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Lease{}, ErrLeaseNotFound
 	}
@@ -114,10 +149,10 @@ func (l *Log) readLease(ctx context.Context, id int64) (Lease, error) {
 // map: a later expiry for a lease the map has, or a lease it lacks, if no
 // lease left the map since epoch (the row may be revoked by now, and the
 // map already told so).
-func (l *Log) learnLease(ls Lease, epoch int64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if cur := l.leases.byID[ls.ID]; cur != nil {
+func (lr *lessor) learnLease(ls Lease, epoch int64) {
+	lr.s.mu.Lock()
+	defer lr.s.mu.Unlock()
+	if cur := lr.s.leases.byID[ls.ID]; cur != nil {
 		// A different TTL is the id granted again: catching up with the
 		// log replaces the entry.
 		if cur.TTL == ls.TTL && cur.Expiry.Before(ls.Expiry) {
@@ -125,8 +160,8 @@ func (l *Log) learnLease(ls Lease, epoch int64) {
 		}
 		return
 	}
-	if l.leases.epoch == epoch {
-		l.leases.byID[ls.ID] = &ls
+	if lr.s.leases.epoch == epoch {
+		lr.s.leases.byID[ls.ID] = &ls
 	}
 }
 
@@ -134,42 +169,42 @@ func (l *Log) learnLease(ls Lease, epoch int64) {
 // particular order (etcd's are unordered too). On a shared database the
 // lease is read from the table, where grants and keep-alives through any
 // process land.
-func (l *Log) LookupLease(ctx context.Context, id int64, withKeys bool) (Lease, [][]byte, error) {
-	if !l.be.Shared {
-		l.mu.RLock()
-		defer l.mu.RUnlock()
-		ls := l.leases.byID[id]
+func (lr *lessor) LookupLease(ctx context.Context, id int64, withKeys bool) (Lease, [][]byte, error) {
+	if !lr.st.be.Shared {
+		lr.s.mu.RLock()
+		defer lr.s.mu.RUnlock()
+		ls := lr.s.leases.byID[id]
 		if ls == nil {
 			return Lease{}, nil, ErrLeaseNotFound
 		}
-		return *ls, l.leaseKeys(id, withKeys), nil
+		return *ls, lr.leaseKeys(id, withKeys), nil
 	}
 	// Catching up makes the attached keys, and the header's revision,
 	// current.
-	if err := l.sync(ctx); err != nil {
+	if err := lr.f.sync(ctx); err != nil {
 		return Lease{}, nil, err
 	}
-	l.mu.RLock()
-	epoch := l.leases.epoch
-	l.mu.RUnlock()
-	ls, err := l.readLease(ctx, id)
+	lr.s.mu.RLock()
+	epoch := lr.s.leases.epoch
+	lr.s.mu.RUnlock()
+	ls, err := lr.readLease(ctx, id)
 	if err != nil {
 		return Lease{}, nil, err
 	}
-	l.learnLease(ls, epoch)
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return ls, l.leaseKeys(id, withKeys), nil
+	lr.learnLease(ls, epoch)
+	lr.s.mu.RLock()
+	defer lr.s.mu.RUnlock()
+	return ls, lr.leaseKeys(id, withKeys), nil
 }
 
 // leaseKeys returns the keys attached to lease id if withKeys; the caller
-// holds l.mu.
-func (l *Log) leaseKeys(id int64, withKeys bool) [][]byte {
+// holds lr.s.mu.
+func (lr *lessor) leaseKeys(id int64, withKeys bool) [][]byte {
 	if !withKeys {
 		return nil
 	}
 	var keys [][]byte
-	for k := range l.leases.leaseKeys[id] {
+	for k := range lr.s.leases.leaseKeys[id] {
 		keys = append(keys, []byte(k))
 	}
 	return keys
@@ -177,10 +212,10 @@ func (l *Log) leaseKeys(id int64, withKeys bool) [][]byte {
 
 // Leases returns every lease, soonest to expire first. On a shared database
 // they are read from the table.
-func (l *Log) Leases(ctx context.Context) ([]Lease, error) {
+func (lr *lessor) Leases(ctx context.Context) ([]Lease, error) {
 	var out []Lease
-	if l.be.Shared {
-		rows, err := l.be.Read.QueryContext(ctx, `SELECT id, ttl, expires_at FROM shimd_lease`)
+	if lr.st.be.Shared {
+		rows, err := lr.st.be.Read.QueryContext(ctx, `SELECT id, ttl, expires_at FROM shimd_lease`)
 		if err != nil {
 			return nil, fmt.Errorf("read leases: %w", err)
 		}
@@ -198,12 +233,12 @@ func (l *Log) Leases(ctx context.Context) ([]Lease, error) {
 			return nil, fmt.Errorf("read leases: %w", err)
 		}
 	} else {
-		l.mu.RLock()
-		out = make([]Lease, 0, len(l.leases.byID))
-		for _, ls := range l.leases.byID {
+		lr.s.mu.RLock()
+		out = make([]Lease, 0, len(lr.s.leases.byID))
+		for _, ls := range lr.s.leases.byID {
 			out = append(out, *ls)
 		}
-		l.mu.RUnlock()
+		lr.s.mu.RUnlock()
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Expiry.Before(out[j].Expiry) })
 	return out, nil
@@ -213,17 +248,17 @@ func (l *Log) Leases(ctx context.Context) ([]Lease, error) {
 // shared database the leases the map believes expired are checked against
 // their rows, which renewals through other processes may have moved on; a
 // lease the map does not know yet is left to the processes that do.
-func (l *Log) ExpiredLeases(ctx context.Context, now time.Time) ([]int64, error) {
-	l.mu.RLock()
+func (lr *lessor) ExpiredLeases(ctx context.Context, now time.Time) ([]int64, error) {
+	lr.s.mu.RLock()
 	var ids []int64
-	for id, ls := range l.leases.byID {
+	for id, ls := range lr.s.leases.byID {
 		if !ls.Expiry.After(now) {
 			ids = append(ids, id)
 		}
 	}
-	epoch := l.leases.epoch
-	l.mu.RUnlock()
-	if !l.be.Shared || len(ids) == 0 {
+	epoch := lr.s.leases.epoch
+	lr.s.mu.RUnlock()
+	if !lr.st.be.Shared || len(ids) == 0 {
 		return ids, nil
 	}
 	var expired []int64
@@ -236,7 +271,7 @@ func (l *Log) ExpiredLeases(ctx context.Context, now time.Time) ([]int64, error)
 		for i := range args {
 			args[i] = chunk[min(i, len(chunk)-1)]
 		}
-		rows, err := l.be.Read.QueryContext(ctx, l.q(`SELECT id, ttl, expires_at FROM shimd_lease WHERE id IN (?`+strings.Repeat(",?", len(args)-1)+`)`), args...)
+		rows, err := lr.st.be.Read.QueryContext(ctx, lr.st.q(`SELECT id, ttl, expires_at FROM shimd_lease WHERE id IN (?`+strings.Repeat(",?", len(args)-1)+`)`), args...)
 		if err != nil {
 			return nil, fmt.Errorf("read leases: %w", err)
 		}
@@ -249,7 +284,7 @@ func (l *Log) ExpiredLeases(ctx context.Context, now time.Time) ([]int64, error)
 			}
 			ls.Expiry = time.UnixMilli(ms)
 			if ls.Expiry.After(now) {
-				l.learnLease(ls, epoch)
+				lr.learnLease(ls, epoch)
 			} else {
 				expired = append(expired, ls.ID)
 			}

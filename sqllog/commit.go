@@ -1,0 +1,174 @@
+package sqllog
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// commit runs reqs as one batch and sets each one's err.
+//
+// The requests run first against the in-memory state (the index at its
+// revision), then the batch is written on the condition that the database's
+// meta row still says what memory says. When another process wrote
+// meanwhile (shared database), or a commit reported as failed did land, the
+// condition fails: the batch is undone, memory catches up from the log
+// under the meta row's lock, and the requests run again there.
+func (w *writer) commit(reqs []*writeReq) {
+	w.s.applyMu.Lock()
+	defer w.s.applyMu.Unlock()
+	ctx := context.Background()
+	batchSize.Observe(float64(len(reqs)))
+	exp := w.s.position()
+
+	b := &batch{rev: exp.rev, lastID: exp.lastID, values: make(map[int64][]byte)}
+	w.run(reqs, b)
+	switch {
+	case b.needTx || w.unsure:
+		// A request must read the database under the lock.
+	case len(b.changes) == 0 && len(b.leaseOps) == 0:
+		if !w.st.be.Shared {
+			return // memory is the truth: one process owns the database
+		}
+		// Read-only outcomes (a failed compare) must not be stale.
+		m, err := w.st.readMeta(ctx, w.st.be.Read, false)
+		if err != nil {
+			fail(reqs, err)
+			return
+		}
+		if m.rev == exp.rev && m.leaseGen == exp.leaseGen && m.compactRev <= exp.compactRev {
+			return
+		}
+	case w.fastOK(b):
+		ok, err := w.st.appendBatch(ctx, b.changes, b.rev, b.lastID, exp)
+		if err != nil {
+			// The outcome is unknown: the next batch checks the log.
+			w.unsure = true
+			b.unstage(w.s, 0)
+			fail(reqs, err)
+			return
+		}
+		if ok {
+			b.leaseGen = exp.leaseGen
+			w.apply(b)
+			return
+		}
+		w.fastCooldown = fastCooldownBatches
+	default:
+		if w.fastCooldown > 0 {
+			w.fastCooldown--
+		}
+		w.commitLocked(ctx, reqs, b, exp)
+		return
+	}
+	// Run again under the lock, on the database's state.
+	b.unstage(w.s, 0)
+	for _, r := range reqs {
+		r.err = nil
+	}
+	w.commitLocked(ctx, reqs, nil, exp)
+}
+
+// fastCooldownBatches is how many batches take the locked path after the
+// one-statement append found the database changed by another process: under
+// contention, the failed attempt would only add a round trip.
+const fastCooldownBatches = 64
+
+// fastOK tells whether b can be appended in one statement.
+func (w *writer) fastOK(b *batch) bool {
+	return w.fastCooldown == 0 && len(b.leaseOps) == 0 && w.st.canAppendBatch(b.changes)
+}
+
+// commitLocked writes the batch in a database transaction that holds the
+// meta row's lock. b is the batch run against memory at exp, or nil: if the
+// database has moved on from exp, memory catches up and the requests run
+// (again) against b's replacement.
+func (w *writer) commitLocked(ctx context.Context, reqs []*writeReq, b *batch, exp meta) {
+	// abort undoes the batch staged so far and fails the requests.
+	abort := func(err error) {
+		if b != nil {
+			b.unstage(w.s, 0)
+		}
+		fail(reqs, err)
+	}
+	tx, err := w.st.be.Dialect.BeginWrite(ctx, w.st.be.Write)
+	if err != nil {
+		abort(fmt.Errorf("begin write: %w", err))
+		return
+	}
+	defer tx.Rollback()
+	m, err := w.st.readMeta(ctx, tx, true)
+	if err != nil {
+		abort(err)
+		return
+	}
+	if b == nil || m.rev != exp.rev || m.lastID != exp.lastID || m.compactRev > exp.compactRev || m.leaseGen != exp.leaseGen {
+		if b != nil {
+			b.unstage(w.s, 0)
+			for _, r := range reqs {
+				r.err = nil
+			}
+		}
+		// Another process wrote (shared database), or a commit whose outcome
+		// was reported as failed did land: either way the log is the truth.
+		if m.rev != w.s.Rev() || m.compactRev > w.s.CompactRev() || m.leaseGen != w.s.leaseGen {
+			if err := w.f.catchUp(ctx, tx, m); err != nil {
+				fail(reqs, err)
+				return
+			}
+		}
+		b = &batch{rev: w.s.Rev(), lastID: m.lastID, values: make(map[int64][]byte), tx: tx}
+		w.run(reqs, b)
+	}
+	w.unsure = false
+	b.tx = tx
+	if len(b.changes) == 0 && len(b.leaseOps) == 0 {
+		return
+	}
+	gen := w.s.leaseGen
+	if len(b.leaseOps) > 0 {
+		gen++
+	}
+	if err := w.st.insert(ctx, tx, b.changes); err != nil {
+		abort(err)
+		return
+	}
+	if err := w.st.writeLeaseOps(ctx, tx, b.leaseOps); err != nil {
+		abort(err)
+		return
+	}
+	if err := w.st.advance(ctx, tx, b.rev, b.lastID, gen); err != nil {
+		abort(err)
+		return
+	}
+	b.leaseGen = gen
+	start := time.Now()
+	err = tx.Commit()
+	commitSec.Observe(time.Since(start).Seconds())
+	if err != nil {
+		w.unsure = true
+		abort(fmt.Errorf("commit: %w", err))
+		return
+	}
+	w.apply(b)
+}
+
+// apply makes a committed batch visible: values, leases, the index's
+// revision, then watchers.
+func (w *writer) apply(b *batch) {
+	for _, c := range b.changes {
+		if !c.e.tombstone() {
+			w.st.values.put(c.e.id, c.Value)
+		}
+	}
+	w.s.mu.Lock()
+	w.s.applyLeaseOps(b.leaseOps)
+	w.s.applyChanges(b.changes, b.rev, b.lastID)
+	w.s.leaseGen = b.leaseGen
+	w.s.mu.Unlock()
+	// Readers see a revision before watchers hear of it, so a client that
+	// got an event and then reads never reads an older revision. (A watch
+	// created in between starts at the revision its created response names,
+	// and so still gets the event.)
+	w.hub.notifyChanges(b.changes)
+}

@@ -1,0 +1,138 @@
+package sqllog
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"math/rand/v2"
+
+	"github.com/shimd/shimd/drivers"
+)
+
+// SchemaVersion is the layout of the tables this code reads and writes.
+const SchemaVersion = 1
+
+// store is the log's database: the tables, the statements that read and
+// write them, and the cache of values by row id. It holds no position of
+// its own: the meta row is the truth, and state is what this process has
+// applied of it.
+type store struct {
+	be     *drivers.Backend
+	stmts  stmts
+	values *valueCache
+	// appendQuery is the dialect's one-statement batch append ("" if none).
+	appendQuery string
+}
+
+func newStore(be *drivers.Backend, cacheBytes int64) *store {
+	st := &store{be: be, values: newValueCache(cacheBytes)}
+	if ba, ok := be.Dialect.(drivers.BatchAppender); ok {
+		st.appendQuery = ba.AppendBatchQuery()
+	}
+	return st
+}
+
+// open creates the tables if needed, prepares the write path's statements
+// and returns the meta row.
+func (st *store) open(ctx context.Context) (meta, error) {
+	if err := st.initSchema(ctx); err != nil {
+		return meta{}, err
+	}
+	for _, q := range st.writeStatements() {
+		if _, err := st.stmts.get(ctx, st.be.Write, q); err != nil {
+			return meta{}, fmt.Errorf("prepare: %w", err)
+		}
+	}
+	registerPool(st.be.Read, "shimd_read")
+	registerPool(st.be.Write, "shimd_write")
+	m, err := st.readMeta(ctx, st.be.Read, false)
+	if err != nil {
+		return meta{}, err
+	}
+	if m.schemaVersion != SchemaVersion {
+		return meta{}, fmt.Errorf("database schema version %d, this shimd reads version %d", m.schemaVersion, SchemaVersion)
+	}
+	return m, nil
+}
+
+func (st *store) close() error {
+	st.stmts.close()
+	st.values.close()
+	return st.be.Close()
+}
+
+func (st *store) q(query string) string { return st.be.Dialect.Rebind(query) }
+
+// exec runs a statement of the write path in tx, using its prepared form
+// when open prepared one. (Preparing here could deadlock: the writer's
+// transaction may hold the pool's only connection.)
+func (st *store) exec(ctx context.Context, tx *sql.Tx, query string, args ...any) error {
+	var err error
+	if s := st.stmts.lookup(st.be.Write, query); s != nil {
+		_, err = tx.StmtContext(ctx, s).ExecContext(ctx, args...)
+	} else {
+		_, err = tx.ExecContext(ctx, query, args...)
+	}
+	return err
+}
+
+func (st *store) initSchema(ctx context.Context) error {
+	tx, err := st.be.Dialect.BeginWrite(ctx, st.be.Write)
+	if err != nil {
+		return fmt.Errorf("begin schema transaction: %w", err)
+	}
+	defer tx.Rollback()
+	for _, stmt := range st.be.Dialect.Schema() {
+		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("create schema: %w", err)
+		}
+	}
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM shimd_meta`).Scan(&n); err != nil {
+		return fmt.Errorf("read meta: %w", err)
+	}
+	if n == 0 {
+		// etcd's store starts at revision 1 with no keys.
+		clusterID := rand.Int64N(1<<62) + 1
+		if _, err := tx.ExecContext(ctx, st.q(`INSERT INTO shimd_meta (id, schema_version, rev, last_id, compact_rev, lease_gen, cluster_id) VALUES (1, ?, 1, 0, 0, 0, ?)`),
+			SchemaVersion, clusterID); err != nil {
+			// Another process starting at the same time got there first.
+			tx.Rollback()
+			if _, merr := st.readMeta(ctx, st.be.Write, false); merr == nil {
+				return nil
+			}
+			return fmt.Errorf("init meta: %w", err)
+		}
+	}
+	return tx.Commit()
+}
+
+// meta is the meta row: where the log is.
+type meta struct {
+	schemaVersion int64
+	rev           int64
+	lastID        int64
+	compactRev    int64
+	leaseGen      int64
+	clusterID     int64
+}
+
+type queryer interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// readMeta reads the meta row; with lock (inside a write transaction) it
+// also locks it until the transaction ends.
+func (st *store) readMeta(ctx context.Context, q queryer, lock bool) (meta, error) {
+	var m meta
+	query := `SELECT schema_version, rev, last_id, compact_rev, lease_gen, cluster_id FROM shimd_meta WHERE id = 1`
+	if lock {
+		query += st.be.Dialect.ForUpdate()
+	}
+	err := q.QueryRowContext(ctx, query).Scan(&m.schemaVersion, &m.rev, &m.lastID, &m.compactRev, &m.leaseGen, &m.clusterID)
+	if err != nil {
+		return m, fmt.Errorf("read meta: %w", err)
+	}
+	return m, nil
+}
