@@ -5,15 +5,11 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 
 	"github.com/shimd/shimd/drivers"
 )
-
-// SchemaVersion is the layout of the tables this code reads and writes.
-const SchemaVersion = 1
 
 // Log is the revision log of one database, with its in-memory index.
 type Log struct {
@@ -106,7 +102,7 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 	}
 	l.values = newValueCache(opts.ValueCacheBytes)
 	if ba, ok := be.Dialect.(drivers.BatchAppender); ok {
-		l.appendQuery = ba.AppendBatchQuery()
+		l.appendQuery = ba.AppendBatchQuery(tableNames)
 	}
 	if err := l.initSchema(ctx); err != nil {
 		return nil, err
@@ -200,37 +196,6 @@ func (l *Log) notify(rev int64) {
 }
 
 func (l *Log) q(query string) string { return l.be.Dialect.Rebind(query) }
-
-func (l *Log) initSchema(ctx context.Context) error {
-	tx, err := l.be.Dialect.BeginWrite(ctx, l.be.Write)
-	if err != nil {
-		return fmt.Errorf("begin schema transaction: %w", err)
-	}
-	defer tx.Rollback()
-	for _, stmt := range l.be.Dialect.Schema() {
-		if _, err := tx.ExecContext(ctx, stmt); err != nil {
-			return fmt.Errorf("create schema: %w", err)
-		}
-	}
-	var n int
-	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM shimd_meta`).Scan(&n); err != nil {
-		return fmt.Errorf("read meta: %w", err)
-	}
-	if n == 0 {
-		// etcd's store starts at revision 1 with no keys.
-		clusterID := rand.Int64N(1<<62) + 1
-		if _, err := tx.ExecContext(ctx, l.q(`INSERT INTO shimd_meta (id, schema_version, rev, last_id, compact_rev, lease_gen, cluster_id) VALUES (1, ?, 1, 0, 0, 0, ?)`),
-			SchemaVersion, clusterID); err != nil {
-			// Another process starting at the same time got there first.
-			tx.Rollback()
-			if _, merr := l.readMeta(ctx, l.be.Write, false); merr == nil {
-				return nil
-			}
-			return fmt.Errorf("init meta: %w", err)
-		}
-	}
-	return tx.Commit()
-}
 
 type meta struct {
 	schemaVersion int64

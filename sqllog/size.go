@@ -10,7 +10,7 @@ const rowOverhead = 64
 // how many of them are live (dbSizeInUse). Where the database cannot tell
 // the live part cheaply, it is estimated from the retained rows.
 func (l *Log) Size(ctx context.Context) (size, inUse int64, err error) {
-	size, inUse, err = l.be.Dialect.Size(ctx, l.be.Read)
+	size, inUse, err = l.be.Dialect.Size(ctx, l.be.Read, tableNames)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -34,5 +34,5 @@ func (l *Log) Defragment(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	return l.be.Dialect.Defragment(ctx, l.be.Write)
+	return l.be.Dialect.Defragment(ctx, l.be.Write, tableNames)
 }
