@@ -41,13 +41,59 @@ type Options struct {
 	MaxOpenConns int
 	// ConnectTimeout bounds establishing one connection.
 	ConnectTimeout time.Duration
+	// PostgresVacuumFull makes PostgreSQL's Defragment run VACUUM FULL.
+	// Plain VACUUM (the default) takes no lock that stops readers or
+	// writers, so it is safe while other shimd processes and other
+	// applications use the database, but it only makes the space reusable
+	// and returns just empty pages at the end of each table to the
+	// filesystem. VACUUM FULL rewrites the tables and returns all of it, as
+	// etcd's defrag does, but holds an exclusive lock on shimd's tables for
+	// its whole run, stopping every shimd process on the database. Turn it on
+	// (shimd --postgres-vacuum-full) for a maintenance window. The other
+	// databases ignore it.
+	PostgresVacuumFull bool
+}
+
+// Tables names shimd's tables. sqllog defines the names; a driver gets them
+// where its statements name the tables.
+type Tables struct {
+	Meta, Log, Lease, Alarm, Member string
+}
+
+// All lists the tables, the meta table first.
+func (t Tables) All() []string {
+	return []string{t.Meta, t.Log, t.Lease, t.Alarm, t.Member}
+}
+
+// Schema is how a database spells the parts of shimd's table definitions
+// that differ between databases; sqllog writes the tables themselves (see
+// sqllog/schema.go). Tables created by earlier versions must keep matching
+// what these produce.
+type Schema struct {
+	// Column types: a 32-bit and a 64-bit integer, a key (binary, compared
+	// byte-wise), a value (binary, as large as --max-request-bytes allows),
+	// a boolean and a text.
+	Int, BigInt, Key, Bytes, Bool, Text string
+	// Checks declares the tables' CHECK constraints (MySQL's tables have
+	// always been created without).
+	Checks bool
+	// TableOptions follows each CREATE TABLE's closing parenthesis (MySQL's
+	// " ENGINE=InnoDB"), "" for none.
+	TableOptions string
+	// InlineIndexes declares secondary indexes inside CREATE TABLE, for a
+	// database without CREATE INDEX IF NOT EXISTS (MySQL), instead of by
+	// CREATE INDEX IF NOT EXISTS after it.
+	InlineIndexes bool
+	// Lock, if not "", is run first in the schema transaction so that
+	// processes starting together do not race to create the tables.
+	Lock string
 }
 
 // Dialect is the SQL that differs between databases. Statements use '?'
 // placeholders; Rebind turns them into the backend's form.
 type Dialect interface {
-	// Schema returns the statements that create shimd's tables if absent.
-	Schema() []string
+	// Schema returns how the database spells shimd's table definitions.
+	Schema() Schema
 	// Rebind rewrites '?' placeholders for this backend.
 	Rebind(query string) string
 	// ForUpdate is the clause that makes a SELECT of the meta row inside a
@@ -65,10 +111,10 @@ type Dialect interface {
 	Notify() string
 	// Size returns the bytes shimd's tables take on disk and, if the
 	// database can tell, how many of them hold live data (-1 if not).
-	Size(ctx context.Context, db *sql.DB) (size, inUse int64, err error)
+	Size(ctx context.Context, db *sql.DB, tables Tables) (size, inUse int64, err error)
 	// Defragment gives the space of deleted rows back, as etcd's defrag does
 	// for its file.
-	Defragment(ctx context.Context, db *sql.DB) error
+	Defragment(ctx context.Context, db *sql.DB, tables Tables) error
 }
 
 // BatchAppender is implemented by dialects that can append a whole write
@@ -76,13 +122,14 @@ type Dialect interface {
 // transaction: one round trip where BEGIN, the meta row's lock, INSERT,
 // UPDATE and COMMIT take five.
 type BatchAppender interface {
-	// AppendBatchQuery returns that statement. Its arguments are the new rev
+	// AppendBatchQuery returns that statement, on the meta and log tables
+	// that tables names. Its arguments are the new rev
 	// and last_id; the expected rev, last_id and lease_gen and the highest
 	// expected compact_rev; then the appended rows' id, rev, sub, kv_key,
 	// value, create_rev, version, lease and deleted, each as an array. It
 	// returns one row with one column: 1 if the meta row matched and the rows
 	// were appended, 0 if it did not match and nothing changed.
-	AppendBatchQuery() string
+	AppendBatchQuery(tables Tables) string
 }
 
 // OpenServer opens the read and write pools of a server database (one that

@@ -20,7 +20,7 @@ import (
 //   - compactor (compact.go): Compact;
 //   - lessor (lessor.go, lease.go): RenewLease, LookupLease, Leases, ExpiredLeases;
 //   - alarmSet (alarm.go): Alarms, SetAlarm;
-//   - memberTable (member.go): Heartbeat, Members;
+//   - members (member.go): Heartbeat, Members;
 //   - maintenance (space.go, hash.go, snapshot.go): Size, Defragment,
 //     HashKV, Hash, WriteSnapshot.
 type Log struct {
@@ -33,7 +33,7 @@ type Log struct {
 	*compactor
 	*lessor
 	*alarmSet
-	*memberTable
+	*members
 	*maintenance
 
 	clusterID uint64
@@ -72,7 +72,7 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 	l := &Log{state: s, store: st}
 	l.hub = &hub{s: s, st: st, lg: lg}
 	l.alarmSet = &alarmSet{st: st}
-	l.memberTable = &memberTable{st: st}
+	l.members = &members{st: st}
 	l.follower = &follower{s: s, st: st, hub: l.hub, alarms: l.alarmSet, lg: lg}
 	l.reader = &reader{s: s, st: st, f: l.follower}
 	l.lessor = &lessor{s: s, st: st, f: l.follower}

@@ -14,12 +14,12 @@ type Member struct {
 	ClientURLs []string
 }
 
-// memberTable is the list of processes serving the database.
-type memberTable struct{ st *store }
+// members is the list of processes serving the database.
+type members struct{ st *store }
 
 // Heartbeat records that member m is alive now. Processes sharing a
 // database list each other from these rows.
-func (mt *memberTable) Heartbeat(ctx context.Context, m Member, now time.Time) error {
+func (mt *members) Heartbeat(ctx context.Context, m Member, now time.Time) error {
 	urls := strings.Join(m.ClientURLs, ",")
 	res, err := mt.st.be.Write.ExecContext(ctx, mt.st.q(`UPDATE shimd_member SET name = ?, client_urls = ?, heartbeat_at = ? WHERE id = ?`), m.Name, urls, now.UnixMilli(), int64(m.ID))
 	if err != nil {
@@ -36,7 +36,7 @@ func (mt *memberTable) Heartbeat(ctx context.Context, m Member, now time.Time) e
 }
 
 // Members returns the members whose last heartbeat is after since, by id.
-func (mt *memberTable) Members(ctx context.Context, since time.Time) ([]Member, error) {
+func (mt *members) Members(ctx context.Context, since time.Time) ([]Member, error) {
 	rows, err := mt.st.be.Read.QueryContext(ctx, mt.st.q(`SELECT id, name, client_urls FROM shimd_member WHERE heartbeat_at > ? ORDER BY id`), since.UnixMilli())
 	if err != nil {
 		return nil, fmt.Errorf("list members: %w", err)

@@ -27,7 +27,7 @@ const rowOverhead = 64
 // how many of them are live (dbSizeInUse). Where the database cannot tell
 // the live part cheaply, it is estimated from the retained rows.
 func (mt *maintenance) Size(ctx context.Context) (size, inUse int64, err error) {
-	size, inUse, err = mt.st.be.Dialect.Size(ctx, mt.st.be.Read)
+	size, inUse, err = mt.st.be.Dialect.Size(ctx, mt.st.be.Read, tableNames)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -51,5 +51,5 @@ func (mt *maintenance) Defragment(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	return mt.st.be.Dialect.Defragment(ctx, mt.st.be.Write)
+	return mt.st.be.Dialect.Defragment(ctx, mt.st.be.Write, tableNames)
 }

@@ -4,13 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"math/rand/v2"
 
 	"github.com/shimd/shimd/drivers"
 )
-
-// SchemaVersion is the layout of the tables this code reads and writes.
-const SchemaVersion = 1
 
 // store is the log's database: the tables, the statements that read and
 // write them, and the cache of values by row id. It holds no position of
@@ -27,7 +23,7 @@ type store struct {
 func newStore(be *drivers.Backend, cacheBytes int64) *store {
 	st := &store{be: be, values: newValueCache(cacheBytes)}
 	if ba, ok := be.Dialect.(drivers.BatchAppender); ok {
-		st.appendQuery = ba.AppendBatchQuery()
+		st.appendQuery = ba.AppendBatchQuery(tableNames)
 	}
 	return st
 }
@@ -74,37 +70,6 @@ func (st *store) exec(ctx context.Context, tx *sql.Tx, query string, args ...any
 		_, err = tx.ExecContext(ctx, query, args...)
 	}
 	return err
-}
-
-func (st *store) initSchema(ctx context.Context) error {
-	tx, err := st.be.Dialect.BeginWrite(ctx, st.be.Write)
-	if err != nil {
-		return fmt.Errorf("begin schema transaction: %w", err)
-	}
-	defer tx.Rollback()
-	for _, stmt := range st.be.Dialect.Schema() {
-		if _, err := tx.ExecContext(ctx, stmt); err != nil {
-			return fmt.Errorf("create schema: %w", err)
-		}
-	}
-	var n int
-	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM shimd_meta`).Scan(&n); err != nil {
-		return fmt.Errorf("read meta: %w", err)
-	}
-	if n == 0 {
-		// etcd's store starts at revision 1 with no keys.
-		clusterID := rand.Int64N(1<<62) + 1
-		if _, err := tx.ExecContext(ctx, st.q(`INSERT INTO shimd_meta (id, schema_version, rev, last_id, compact_rev, lease_gen, cluster_id) VALUES (1, ?, 1, 0, 0, 0, ?)`),
-			SchemaVersion, clusterID); err != nil {
-			// Another process starting at the same time got there first.
-			tx.Rollback()
-			if _, merr := st.readMeta(ctx, st.be.Write, false); merr == nil {
-				return nil
-			}
-			return fmt.Errorf("init meta: %w", err)
-		}
-	}
-	return tx.Commit()
 }
 
 // meta is the meta row: where the log is.

@@ -43,7 +43,7 @@ func openBackend(ctx context.Context, cfg *config) (*drivers.Backend, error) {
 	case strings.HasPrefix(ep, "sqlite://"), strings.HasPrefix(ep, "file:"):
 		return sqlite.Open(ep)
 	case strings.HasPrefix(ep, "postgres://"), strings.HasPrefix(ep, "postgresql://"):
-		postgres.FullVacuum = cfg.pgVacuumFull
+		opts.PostgresVacuumFull = cfg.pgVacuumFull
 		return postgres.Open(ctx, ep, opts)
 	case strings.HasPrefix(ep, "mysql://"):
 		return mysql.Open(ctx, ep, opts)

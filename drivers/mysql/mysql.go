@@ -76,46 +76,19 @@ type dialect struct{}
 
 // Keys and values are LONGBLOB: binary, compared byte-wise, and as large as
 // --max-request-bytes allows. The index on (rev, id) is declared inline
-// because MySQL has no CREATE INDEX IF NOT EXISTS.
-func (dialect) Schema() []string {
-	return []string{
-		`CREATE TABLE IF NOT EXISTS shimd_meta (
-			id INT PRIMARY KEY,
-			schema_version BIGINT NOT NULL,
-			rev BIGINT NOT NULL,
-			last_id BIGINT NOT NULL,
-			compact_rev BIGINT NOT NULL,
-			lease_gen BIGINT NOT NULL,
-			cluster_id BIGINT NOT NULL
-		) ENGINE=InnoDB`,
-		`CREATE TABLE IF NOT EXISTS shimd_log (
-			id BIGINT PRIMARY KEY,
-			rev BIGINT NOT NULL,
-			sub BIGINT NOT NULL,
-			kv_key LONGBLOB NOT NULL,
-			value LONGBLOB NOT NULL,
-			create_rev BIGINT NOT NULL,
-			version BIGINT NOT NULL,
-			lease BIGINT NOT NULL,
-			deleted BOOLEAN NOT NULL,
-			INDEX shimd_log_rev (rev, id)
-		) ENGINE=InnoDB`,
-		`CREATE TABLE IF NOT EXISTS shimd_lease (
-			id BIGINT PRIMARY KEY,
-			ttl BIGINT NOT NULL,
-			expires_at BIGINT NOT NULL
-		) ENGINE=InnoDB`,
-		`CREATE TABLE IF NOT EXISTS shimd_alarm (
-			member_id BIGINT NOT NULL,
-			alarm INT NOT NULL,
-			PRIMARY KEY (member_id, alarm)
-		) ENGINE=InnoDB`,
-		`CREATE TABLE IF NOT EXISTS shimd_member (
-			id BIGINT PRIMARY KEY,
-			name TEXT NOT NULL,
-			client_urls TEXT NOT NULL,
-			heartbeat_at BIGINT NOT NULL
-		) ENGINE=InnoDB`,
+// because MySQL has no CREATE INDEX IF NOT EXISTS. The tables take the
+// database's default character set and collation (only shimd_member's
+// TEXT columns have one).
+func (dialect) Schema() drivers.Schema {
+	return drivers.Schema{
+		Int:           "INT",
+		BigInt:        "BIGINT",
+		Key:           "LONGBLOB",
+		Bytes:         "LONGBLOB",
+		Bool:          "BOOLEAN",
+		Text:          "TEXT",
+		TableOptions:  " ENGINE=InnoDB",
+		InlineIndexes: true,
 	}
 }
 
@@ -125,39 +98,52 @@ func (dialect) ForUpdate() string { return " FOR UPDATE" }
 
 func (dialect) Notify() string { return "" }
 
-const tableList = `'shimd_meta', 'shimd_log', 'shimd_lease', 'shimd_alarm', 'shimd_member'`
-
 // Size is what InnoDB holds for the tables: data, indexes and the free space
 // inside them; data_free is the part OPTIMIZE TABLE would give back. InnoDB's
 // figures are statistics, refreshed by ANALYZE TABLE and OPTIMIZE TABLE.
-func (dialect) Size(ctx context.Context, db *sql.DB) (int64, int64, error) {
+func (dialect) Size(ctx context.Context, db *sql.DB, tables drivers.Tables) (int64, int64, error) {
 	// The tablespace files' sizes are current; the table statistics lag
 	// until ANALYZE. MariaDB and MySQL 8 name the view differently.
 	for _, view := range []string{"INNODB_SYS_TABLESPACES", "INNODB_TABLESPACES"} {
 		var size sql.NullInt64
-		q := `SELECT SUM(FILE_SIZE) FROM information_schema.` + view + ` WHERE NAME IN (` + tablespaces + `)`
+		q := `SELECT SUM(FILE_SIZE) FROM information_schema.` + view + ` WHERE NAME IN (` + tablespaces(tables) + `)`
 		if err := db.QueryRowContext(ctx, q).Scan(&size); err == nil && size.Valid {
 			return size.Int64, -1, nil
 		}
 	}
 	var size int64
 	q := `SELECT COALESCE(SUM(data_length + index_length + data_free), 0)
-		FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name IN (` + tableList + `)`
+		FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name IN (` + quoteList(tables.All()) + `)`
 	if err := db.QueryRowContext(ctx, q).Scan(&size); err != nil {
 		return 0, 0, fmt.Errorf("mysql: size: %w", err)
 	}
 	return size, -1, nil
 }
 
+// quoteList is names as a list of SQL strings. The names are sqllog's
+// constants.
+func quoteList(names []string) string {
+	return "'" + strings.Join(names, "', '") + "'"
+}
+
 // tablespaces names shimd's file-per-table tablespaces ("db/table").
-const tablespaces = `CONCAT(DATABASE(), '/shimd_meta'), CONCAT(DATABASE(), '/shimd_log'), CONCAT(DATABASE(), '/shimd_lease'), CONCAT(DATABASE(), '/shimd_alarm'), CONCAT(DATABASE(), '/shimd_member')`
+func tablespaces(tables drivers.Tables) string {
+	var b strings.Builder
+	for i, t := range tables.All() {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("CONCAT(DATABASE(), '/" + t + "')")
+	}
+	return b.String()
+}
 
 // Defragment runs OPTIMIZE TABLE, which InnoDB performs as an online
 // rebuild: reads and writes go on while it copies. OPTIMIZE reports a table
 // it could not rebuild (a lock wait timeout, say) as a result row, not as
 // an SQL error: unchecked, a defrag that gave nothing back would succeed.
-func (dialect) Defragment(ctx context.Context, db *sql.DB) error {
-	rows, err := db.QueryContext(ctx, `OPTIMIZE TABLE shimd_log, shimd_lease, shimd_alarm, shimd_member`)
+func (dialect) Defragment(ctx context.Context, db *sql.DB, tables drivers.Tables) error {
+	rows, err := db.QueryContext(ctx, `OPTIMIZE TABLE `+strings.Join([]string{tables.Log, tables.Lease, tables.Alarm, tables.Member}, ", "))
 	if err != nil {
 		return fmt.Errorf("mysql: optimize: %w", err)
 	}

@@ -36,7 +36,7 @@ func Open(ctx context.Context, dsn string, opts drivers.Options) (*drivers.Backe
 		return nil, fmt.Errorf("postgres: connect to %s:%d: %w", cfg.Host, cfg.Port, redact(err, cfg.Password))
 	}
 	be.Name = "postgres"
-	be.Dialect = dialect{}
+	be.Dialect = dialect{vacuumFull: opts.PostgresVacuumFull}
 	be.Listen = func(ctx context.Context, wake func(string)) { listen(ctx, cfg, wake) }
 	return be, nil
 }
@@ -79,49 +79,21 @@ func redact(err error, secret string) error {
 	return fmt.Errorf("%s", strings.ReplaceAll(err.Error(), secret, "xxxxx"))
 }
 
-type dialect struct{}
+type dialect struct {
+	vacuumFull bool // see drivers.Options.PostgresVacuumFull
+}
 
-func (dialect) Schema() []string {
-	return []string{
+func (dialect) Schema() drivers.Schema {
+	return drivers.Schema{
+		Int:    "INTEGER",
+		BigInt: "BIGINT",
+		Key:    "BYTEA",
+		Bytes:  "BYTEA",
+		Bool:   "BOOLEAN",
+		Text:   "TEXT",
+		Checks: true,
 		// Processes starting together must not race to create the tables.
-		`SELECT pg_advisory_xact_lock(7361696)`,
-		`CREATE TABLE IF NOT EXISTS shimd_meta (
-			id INTEGER PRIMARY KEY CHECK (id = 1),
-			schema_version BIGINT NOT NULL,
-			rev BIGINT NOT NULL,
-			last_id BIGINT NOT NULL,
-			compact_rev BIGINT NOT NULL,
-			lease_gen BIGINT NOT NULL,
-			cluster_id BIGINT NOT NULL
-		)`,
-		`CREATE TABLE IF NOT EXISTS shimd_log (
-			id BIGINT PRIMARY KEY,
-			rev BIGINT NOT NULL,
-			sub BIGINT NOT NULL,
-			kv_key BYTEA NOT NULL,
-			value BYTEA NOT NULL,
-			create_rev BIGINT NOT NULL,
-			version BIGINT NOT NULL,
-			lease BIGINT NOT NULL,
-			deleted BOOLEAN NOT NULL
-		)`,
-		`CREATE INDEX IF NOT EXISTS shimd_log_rev ON shimd_log (rev, id)`,
-		`CREATE TABLE IF NOT EXISTS shimd_lease (
-			id BIGINT PRIMARY KEY,
-			ttl BIGINT NOT NULL,
-			expires_at BIGINT NOT NULL
-		)`,
-		`CREATE TABLE IF NOT EXISTS shimd_alarm (
-			member_id BIGINT NOT NULL,
-			alarm INTEGER NOT NULL,
-			PRIMARY KEY (member_id, alarm)
-		)`,
-		`CREATE TABLE IF NOT EXISTS shimd_member (
-			id BIGINT PRIMARY KEY,
-			name TEXT NOT NULL,
-			client_urls TEXT NOT NULL,
-			heartbeat_at BIGINT NOT NULL
-		)`,
+		Lock: `SELECT pg_advisory_xact_lock(7361696)`,
 	}
 }
 
@@ -147,37 +119,26 @@ func (dialect) Rebind(q string) string {
 
 func (dialect) ForUpdate() string { return " FOR UPDATE" }
 
-// tables are shimd's tables, for sizing and vacuuming.
-var tables = []string{"shimd_meta", "shimd_log", "shimd_lease", "shimd_alarm", "shimd_member"}
-
 // Size is the tables' total relation size (heap, indexes, TOAST). PostgreSQL
 // cannot say cheaply how much of it is live, so the log estimates that.
-func (dialect) Size(ctx context.Context, db *sql.DB) (int64, int64, error) {
+func (dialect) Size(ctx context.Context, db *sql.DB, tables drivers.Tables) (int64, int64, error) {
 	var size int64
 	q := `SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c
 		WHERE c.relname = ANY($1) AND c.relkind = 'r' AND c.relnamespace = to_regnamespace(current_schema())`
-	if err := db.QueryRowContext(ctx, q, tables).Scan(&size); err != nil {
+	if err := db.QueryRowContext(ctx, q, tables.All()).Scan(&size); err != nil {
 		return 0, 0, fmt.Errorf("postgres: size: %w", err)
 	}
 	return size, -1, nil
 }
 
-// FullVacuum makes Defragment run VACUUM FULL. Plain VACUUM (the default)
-// takes no lock that stops readers or writers, so it is safe while other
-// shimd processes and other applications use the database, but it only
-// makes the space reusable and returns just empty pages at the end of each
-// table to the filesystem. VACUUM FULL rewrites the tables and returns all
-// of it, as etcd's defrag does, but holds an exclusive lock on shimd's tables
-// for its whole run, stopping every shimd process on the database. Turn it
-// on (shimd --postgres-vacuum-full) for a maintenance window.
-var FullVacuum = false
-
-func (dialect) Defragment(ctx context.Context, db *sql.DB) error {
+// Defragment runs VACUUM, or VACUUM FULL when opened with
+// drivers.Options.PostgresVacuumFull (see there for the difference).
+func (d dialect) Defragment(ctx context.Context, db *sql.DB, tables drivers.Tables) error {
 	stmt := "VACUUM (ANALYZE) "
-	if FullVacuum {
+	if d.vacuumFull {
 		stmt = "VACUUM (FULL, ANALYZE) "
 	}
-	if _, err := db.ExecContext(ctx, stmt+strings.Join(tables, ", ")); err != nil {
+	if _, err := db.ExecContext(ctx, stmt+strings.Join(tables.All(), ", ")); err != nil {
 		return fmt.Errorf("postgres: vacuum: %w", err)
 	}
 	return nil
@@ -190,13 +151,13 @@ func (dialect) Notify() string { return `SELECT pg_notify('` + channel + `', $1)
 // row, as READ COMMITTED does) gates the INSERT from arrays, and the NOTIFY,
 // through its RETURNING row. A SELECT in WITH only runs when referenced,
 // hence the subqueries.
-func (dialect) AppendBatchQuery() string {
+func (dialect) AppendBatchQuery(tables drivers.Tables) string {
 	return `WITH m AS (
-	UPDATE shimd_meta SET rev = $1, last_id = $2
+	UPDATE ` + tables.Meta + ` SET rev = $1, last_id = $2
 	WHERE id = 1 AND rev = $3 AND last_id = $4 AND lease_gen = $5 AND compact_rev <= $6
 	RETURNING id
 ), ins AS (
-	INSERT INTO shimd_log (id, rev, sub, kv_key, value, create_rev, version, lease, deleted)
+	INSERT INTO ` + tables.Log + ` (id, rev, sub, kv_key, value, create_rev, version, lease, deleted)
 	SELECT r.* FROM unnest($7::bigint[], $8::bigint[], $9::bigint[], $10::bytea[], $11::bytea[],
 		$12::bigint[], $13::bigint[], $14::bigint[], $15::boolean[]) AS r, m
 	RETURNING 1

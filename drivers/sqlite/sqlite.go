@@ -141,45 +141,17 @@ func checkpointer(db *sql.DB, stop <-chan struct{}, stopped chan<- struct{}) {
 
 type dialect struct{}
 
-func (dialect) Schema() []string {
-	return []string{
-		`CREATE TABLE IF NOT EXISTS shimd_meta (
-			id INTEGER PRIMARY KEY CHECK (id = 1),
-			schema_version INTEGER NOT NULL,
-			rev INTEGER NOT NULL,
-			last_id INTEGER NOT NULL,
-			compact_rev INTEGER NOT NULL,
-			lease_gen INTEGER NOT NULL,
-			cluster_id INTEGER NOT NULL
-		)`,
-		`CREATE TABLE IF NOT EXISTS shimd_log (
-			id INTEGER PRIMARY KEY,
-			rev INTEGER NOT NULL,
-			sub INTEGER NOT NULL,
-			kv_key BLOB NOT NULL,
-			value BLOB NOT NULL,
-			create_rev INTEGER NOT NULL,
-			version INTEGER NOT NULL,
-			lease INTEGER NOT NULL,
-			deleted INTEGER NOT NULL
-		)`,
-		`CREATE INDEX IF NOT EXISTS shimd_log_rev ON shimd_log (rev, id)`,
-		`CREATE TABLE IF NOT EXISTS shimd_lease (
-			id INTEGER PRIMARY KEY,
-			ttl INTEGER NOT NULL,
-			expires_at INTEGER NOT NULL
-		)`,
-		`CREATE TABLE IF NOT EXISTS shimd_alarm (
-			member_id INTEGER NOT NULL,
-			alarm INTEGER NOT NULL,
-			PRIMARY KEY (member_id, alarm)
-		)`,
-		`CREATE TABLE IF NOT EXISTS shimd_member (
-			id INTEGER PRIMARY KEY,
-			name TEXT NOT NULL,
-			client_urls TEXT NOT NULL,
-			heartbeat_at INTEGER NOT NULL
-		)`,
+// SQLite's types are affinities: every integer is an INTEGER, and an
+// INTEGER PRIMARY KEY is the table's rowid.
+func (dialect) Schema() drivers.Schema {
+	return drivers.Schema{
+		Int:    "INTEGER",
+		BigInt: "INTEGER",
+		Key:    "BLOB",
+		Bytes:  "BLOB",
+		Bool:   "INTEGER",
+		Text:   "TEXT",
+		Checks: true,
 	}
 }
 
@@ -191,7 +163,7 @@ func (dialect) ForUpdate() string { return "" }
 func (dialect) Notify() string { return "" }
 
 // Size counts the file's pages; the free list is what a VACUUM would give back.
-func (dialect) Size(ctx context.Context, db *sql.DB) (int64, int64, error) {
+func (dialect) Size(ctx context.Context, db *sql.DB, _ drivers.Tables) (int64, int64, error) {
 	var pages, free, pageSize int64
 	if err := db.QueryRowContext(ctx, `SELECT page_count, freelist_count, page_size FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()`).Scan(&pages, &free, &pageSize); err != nil {
 		return 0, 0, fmt.Errorf("sqlite: size: %w", err)
@@ -204,7 +176,7 @@ func (dialect) Size(ctx context.Context, db *sql.DB) (int64, int64, error) {
 // auto_vacuum chosen when the file was created). Like etcd's defrag it
 // blocks writers while it runs; readers go on, from the WAL. The checkpoint
 // then truncates the WAL so the space really goes back to the filesystem.
-func (dialect) Defragment(ctx context.Context, db *sql.DB) error {
+func (dialect) Defragment(ctx context.Context, db *sql.DB, _ drivers.Tables) error {
 	if _, err := db.ExecContext(ctx, `VACUUM`); err != nil {
 		return fmt.Errorf("sqlite: vacuum: %w", err)
 	}

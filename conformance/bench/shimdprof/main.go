@@ -63,7 +63,7 @@ func main() {
 	case ep == "":
 		be, err = sqlite.Open(filepath.Join(*dataDir, sqlite.FileName))
 	case strings.HasPrefix(ep, "postgres://"), strings.HasPrefix(ep, "postgresql://"):
-		postgres.FullVacuum = *vacuumFull
+		opts.PostgresVacuumFull = *vacuumFull
 		be, err = postgres.Open(ctx, ep, opts)
 	case strings.HasPrefix(ep, "mysql://"):
 		be, err = mysql.Open(ctx, ep, opts)

@@ -1,0 +1,135 @@
+package sqllog
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+
+	"github.com/shimd/shimd/drivers"
+)
+
+// SchemaVersion is the layout of the tables this code reads and writes.
+const SchemaVersion = 1
+
+// shimd's tables, and the log's index on revisions.
+const (
+	metaTable   = "shimd_meta"
+	logTable    = "shimd_log"
+	leaseTable  = "shimd_lease"
+	alarmTable  = "shimd_alarm"
+	memberTable = "shimd_member"
+	logRevIndex = "shimd_log_rev"
+)
+
+// tableNames is how the drivers learn the tables' names.
+var tableNames = drivers.Tables{
+	Meta:   metaTable,
+	Log:    logTable,
+	Lease:  leaseTable,
+	Alarm:  alarmTable,
+	Member: memberTable,
+}
+
+// schemaStatements returns the statements that create shimd's tables if
+// absent, spelled as s says. Databases created by earlier versions hold
+// tables made by exactly these statements, so a change here is a change of
+// SchemaVersion. SQLite keeps each CREATE TABLE's text as written, layout
+// included, in sqlite_master: the layout below is the one it has always had.
+func schemaStatements(s drivers.Schema) []string {
+	var stmts []string
+	if s.Lock != "" {
+		stmts = append(stmts, s.Lock)
+	}
+	check := func(expr string) string {
+		if !s.Checks {
+			return ""
+		}
+		return " CHECK (" + expr + ")"
+	}
+	type index struct{ name, columns string }
+	table := func(name string, columns []string, indexes ...index) {
+		var after []string
+		for _, ix := range indexes {
+			if s.InlineIndexes {
+				columns = append(columns, "INDEX "+ix.name+" ("+ix.columns+")")
+			} else {
+				after = append(after, "CREATE INDEX IF NOT EXISTS "+ix.name+" ON "+name+" ("+ix.columns+")")
+			}
+		}
+		stmts = append(stmts, "CREATE TABLE IF NOT EXISTS "+name+" (\n\t\t\t"+
+			strings.Join(columns, ",\n\t\t\t")+"\n\t\t)"+s.TableOptions)
+		stmts = append(stmts, after...)
+	}
+
+	// The one row of the log's state; revisions are allocated from it.
+	table(metaTable, []string{
+		"id " + s.Int + " PRIMARY KEY" + check("id = 1"),
+		"schema_version " + s.BigInt + " NOT NULL",
+		"rev " + s.BigInt + " NOT NULL",
+		"last_id " + s.BigInt + " NOT NULL",
+		"compact_rev " + s.BigInt + " NOT NULL",
+		"lease_gen " + s.BigInt + " NOT NULL",
+		"cluster_id " + s.BigInt + " NOT NULL",
+	})
+	// One row per key changed by a revision.
+	table(logTable, []string{
+		"id " + s.BigInt + " PRIMARY KEY",
+		"rev " + s.BigInt + " NOT NULL",
+		"sub " + s.BigInt + " NOT NULL",
+		"kv_key " + s.Key + " NOT NULL",
+		"value " + s.Bytes + " NOT NULL",
+		"create_rev " + s.BigInt + " NOT NULL",
+		"version " + s.BigInt + " NOT NULL",
+		"lease " + s.BigInt + " NOT NULL",
+		"deleted " + s.Bool + " NOT NULL",
+	}, index{logRevIndex, "rev, id"})
+	table(leaseTable, []string{
+		"id " + s.BigInt + " PRIMARY KEY",
+		"ttl " + s.BigInt + " NOT NULL",
+		"expires_at " + s.BigInt + " NOT NULL",
+	})
+	table(alarmTable, []string{
+		"member_id " + s.BigInt + " NOT NULL",
+		"alarm " + s.Int + " NOT NULL",
+		"PRIMARY KEY (member_id, alarm)",
+	})
+	table(memberTable, []string{
+		"id " + s.BigInt + " PRIMARY KEY",
+		"name " + s.Text + " NOT NULL",
+		"client_urls " + s.Text + " NOT NULL",
+		"heartbeat_at " + s.BigInt + " NOT NULL",
+	})
+	return stmts
+}
+
+func (st *store) initSchema(ctx context.Context) error {
+	tx, err := st.be.Dialect.BeginWrite(ctx, st.be.Write)
+	if err != nil {
+		return fmt.Errorf("begin schema transaction: %w", err)
+	}
+	defer tx.Rollback()
+	for _, stmt := range schemaStatements(st.be.Dialect.Schema()) {
+		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("create schema: %w", err)
+		}
+	}
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM `+metaTable).Scan(&n); err != nil {
+		return fmt.Errorf("read meta: %w", err)
+	}
+	if n == 0 {
+		// etcd's store starts at revision 1 with no keys.
+		clusterID := rand.Int64N(1<<62) + 1
+		if _, err := tx.ExecContext(ctx, st.q(`INSERT INTO `+metaTable+` (id, schema_version, rev, last_id, compact_rev, lease_gen, cluster_id) VALUES (1, ?, 1, 0, 0, 0, ?)`),
+			SchemaVersion, clusterID); err != nil {
+			// Another process starting at the same time got there first.
+			tx.Rollback()
+			if _, merr := st.readMeta(ctx, st.be.Write, false); merr == nil {
+				return nil
+			}
+			return fmt.Errorf("init meta: %w", err)
+		}
+	}
+	return tx.Commit()
+}
