@@ -3,6 +3,7 @@ FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
+COPY shimd.go open.go run.go serve.go ./
 COPY cmd ./cmd
 COPY compact ./compact
 COPY drivers ./drivers

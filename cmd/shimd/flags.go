@@ -7,48 +7,30 @@ import (
 	"io"
 	"log/slog"
 	"math"
-	"net/url"
 	"os"
 	"strings"
 	"time"
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/shimd/shimd"
 	"github.com/shimd/shimd/compact"
 	"github.com/shimd/shimd/server"
 	"github.com/shimd/shimd/sqllog"
 )
 
-// config is every flag; the names are etcd's where etcd has the flag.
+// config is every flag; the names are etcd's where etcd has the flag. Most
+// are bound to shimd.Config's fields directly; the rest are converted by
+// runConfig.
 type config struct {
-	name                string
-	dataDir             string
+	shimd.Config
 	listenClientURLs    string
 	listenMetricsURLs   string
 	advertiseClientURLs string
-	endpoint            string
-	quotaBackendBytes   int64
-	maxRequestBytes     int
-	maxTxnOps           int
+	maxStreams          uint
+	valueCacheSize      int64
 	logLevel            string
 	logFormat           string
-	warningApply        time.Duration
-	keepAliveMinTime    time.Duration
-	keepAliveInterval   time.Duration
-	keepAliveTimeout    time.Duration
-	maxStreams          uint
-	progressInterval    time.Duration
-	dbMaxConns          int
-	dbConnectTimeout    time.Duration
-	dbPollInterval      time.Duration
-	valueCacheSize      int64
-	pgVacuumFull        bool
-	compactionMode      string
-	compactionRetain    string
-	certFile            string
-	keyFile             string
-	trustedCAFile       string
-	clientCertAuth      bool
 	configFile          string
 }
 
@@ -75,36 +57,36 @@ func newFlagSet(cfg *config, out io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("shimd", flag.ContinueOnError)
 	fs.SetOutput(out)
 	// Member
-	fs.StringVar(&cfg.name, "name", "default", "Human-readable name for this member.")
-	fs.StringVar(&cfg.dataDir, "data-dir", "", "Path to the data directory (default \"${name}.shimd\"); holds the SQLite database unless --endpoint names another.")
+	fs.StringVar(&cfg.Name, "name", "default", "Human-readable name for this member.")
+	fs.StringVar(&cfg.DataDir, "data-dir", "", "Path to the data directory (default \"${name}.shimd\"); holds the SQLite database unless --endpoint names another.")
 	fs.StringVar(&cfg.listenClientURLs, "listen-client-urls", "http://127.0.0.1:2379", "List of URLs to listen on for client traffic (gRPC, and HTTP /health, /livez, /readyz, /metrics, /version).")
 	fs.StringVar(&cfg.advertiseClientURLs, "advertise-client-urls", "", "List of this member's client URLs to advertise to the rest of the cluster (default: --listen-client-urls).")
 	fs.StringVar(&cfg.listenMetricsURLs, "listen-metrics-urls", "", "List of additional URLs to listen on that respond to the metrics and health endpoints.")
 	fs.StringVar(&cfg.configFile, "config-file", "", "Path to a YAML file of flag values, keyed by flag name.")
 	// Storage
-	fs.StringVar(&cfg.endpoint, "endpoint", "", "Database to store data in: empty for SQLite in the data dir, sqlite://PATH, postgres://USER@HOST:PORT/DB?sslmode=..., or mysql://USER:PASS@tcp(HOST:PORT)/DB.")
-	fs.IntVar(&cfg.dbMaxConns, "db-max-conns", 16, "Most connections in the database read pool (PostgreSQL, MySQL); the writer and PostgreSQL's listener use up to 5 more.")
-	fs.DurationVar(&cfg.dbConnectTimeout, "db-connect-timeout", 5*time.Second, "Time allowed to open one database connection.")
-	fs.DurationVar(&cfg.dbPollInterval, "db-poll-interval", sqllog.DefaultPollInterval, "How often a shared database (PostgreSQL, MySQL) is polled for other shimd processes' writes.")
+	fs.StringVar(&cfg.Endpoint, "endpoint", "", "Database to store data in: empty for SQLite in the data dir, sqlite://PATH, postgres://USER@HOST:PORT/DB?sslmode=..., or mysql://USER:PASS@tcp(HOST:PORT)/DB.")
+	fs.IntVar(&cfg.DBMaxConns, "db-max-conns", 16, "Most connections in the database read pool (PostgreSQL, MySQL); the writer and PostgreSQL's listener use up to 5 more.")
+	fs.DurationVar(&cfg.DBConnectTimeout, "db-connect-timeout", 5*time.Second, "Time allowed to open one database connection.")
+	fs.DurationVar(&cfg.DBPollInterval, "db-poll-interval", sqllog.DefaultPollInterval, "How often a shared database (PostgreSQL, MySQL) is polled for other shimd processes' writes.")
 	fs.Int64Var(&cfg.valueCacheSize, "value-cache-size", sqllog.DefaultValueCacheBytes, "Bytes of memory kept for recently written and read values, so that reads of them skip the database (0 disables).")
-	fs.BoolVar(&cfg.pgVacuumFull, "postgres-vacuum-full", false, "Make defragment run VACUUM FULL on PostgreSQL: returns all free space to the filesystem, but locks shimd's tables while it runs.")
-	fs.Int64Var(&cfg.quotaBackendBytes, "quota-backend-bytes", 0, "Raise alarms when backend size exceeds the given quota (0 defaults to etcd's 2 GiB).")
-	fs.StringVar(&cfg.compactionMode, "auto-compaction-mode", compact.ModePeriodic, "Interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for duration based retention, defaulting to hours if no time unit is provided (e.g. '5m'). 'revision' for revision number based retention.")
-	fs.StringVar(&cfg.compactionRetain, "auto-compaction-retention", "0", "Auto compaction retention for mvcc key value store. 0 means disable auto compaction.")
+	fs.BoolVar(&cfg.PostgresVacuumFull, "postgres-vacuum-full", false, "Make defragment run VACUUM FULL on PostgreSQL: returns all free space to the filesystem, but locks shimd's tables while it runs.")
+	fs.Int64Var(&cfg.QuotaBackendBytes, "quota-backend-bytes", 0, "Raise alarms when backend size exceeds the given quota (0 defaults to etcd's 2 GiB).")
+	fs.StringVar(&cfg.AutoCompactionMode, "auto-compaction-mode", compact.ModePeriodic, "Interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for duration based retention, defaulting to hours if no time unit is provided (e.g. '5m'). 'revision' for revision number based retention.")
+	fs.StringVar(&cfg.AutoCompactionRetention, "auto-compaction-retention", "0", "Auto compaction retention for mvcc key value store. 0 means disable auto compaction.")
 	// Requests
-	fs.IntVar(&cfg.maxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes, "Maximum client request size in bytes the server will accept.")
-	fs.IntVar(&cfg.maxTxnOps, "max-txn-ops", server.DefaultMaxTxnOps, "Maximum number of operations permitted in a transaction.")
-	fs.DurationVar(&cfg.progressInterval, "watch-progress-notify-interval", server.DefaultProgressNotifyInterval, "Duration of periodic watch progress notifications.")
-	fs.DurationVar(&cfg.keepAliveMinTime, "grpc-keepalive-min-time", 5*time.Second, "Minimum interval duration that a client should wait before pinging server.")
-	fs.DurationVar(&cfg.keepAliveInterval, "grpc-keepalive-interval", 2*time.Hour, "Frequency duration of server-to-client ping to check if a connection is alive.")
-	fs.DurationVar(&cfg.keepAliveTimeout, "grpc-keepalive-timeout", 20*time.Second, "Additional duration of wait before closing a non-responsive connection.")
+	fs.IntVar(&cfg.MaxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes, "Maximum client request size in bytes the server will accept.")
+	fs.IntVar(&cfg.MaxTxnOps, "max-txn-ops", server.DefaultMaxTxnOps, "Maximum number of operations permitted in a transaction.")
+	fs.DurationVar(&cfg.WatchProgressNotifyInterval, "watch-progress-notify-interval", server.DefaultProgressNotifyInterval, "Duration of periodic watch progress notifications.")
+	fs.DurationVar(&cfg.GRPCKeepAliveMinTime, "grpc-keepalive-min-time", 5*time.Second, "Minimum interval duration that a client should wait before pinging server.")
+	fs.DurationVar(&cfg.GRPCKeepAliveInterval, "grpc-keepalive-interval", 2*time.Hour, "Frequency duration of server-to-client ping to check if a connection is alive.")
+	fs.DurationVar(&cfg.GRPCKeepAliveTimeout, "grpc-keepalive-timeout", 20*time.Second, "Additional duration of wait before closing a non-responsive connection.")
 	fs.UintVar(&cfg.maxStreams, "max-concurrent-streams", math.MaxUint32, "Maximum concurrent streams that each client can open at a time.")
-	fs.DurationVar(&cfg.warningApply, "warning-apply-duration", server.DefaultWarningApplyDuration, "Time duration after which a warning is generated if request takes more time.")
+	fs.DurationVar(&cfg.WarningApplyDuration, "warning-apply-duration", server.DefaultWarningApplyDuration, "Time duration after which a warning is generated if request takes more time.")
 	// Security
-	fs.StringVar(&cfg.certFile, "cert-file", "", "Path to the client server TLS cert file.")
-	fs.StringVar(&cfg.keyFile, "key-file", "", "Path to the client server TLS key file.")
-	fs.StringVar(&cfg.trustedCAFile, "trusted-ca-file", "", "Path to the client server TLS trusted CA cert file; setting it requires client certificates, as in etcd, whatever --client-cert-auth says.")
-	fs.BoolVar(&cfg.clientCertAuth, "client-cert-auth", false, "Enable client cert authentication.")
+	fs.StringVar(&cfg.CertFile, "cert-file", "", "Path to the client server TLS cert file.")
+	fs.StringVar(&cfg.KeyFile, "key-file", "", "Path to the client server TLS key file.")
+	fs.StringVar(&cfg.TrustedCAFile, "trusted-ca-file", "", "Path to the client server TLS trusted CA cert file; setting it requires client certificates, as in etcd, whatever --client-cert-auth says.")
+	fs.BoolVar(&cfg.ClientCertAuth, "client-cert-auth", false, "Enable client cert authentication.")
 	// Logging
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "Configures log level. Only supports debug, info, warn, error.")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "Configures log format. Only supports text, json.")
@@ -208,62 +190,53 @@ func applyConfigFile(fs *flag.FlagSet, path string, set map[string]bool) error {
 	return nil
 }
 
+// validate checks what the flags mean beyond shimd.Config (whose zero
+// values are defaults, where a flag's 0 is an error), then the Config, and
+// fills in the Config fields the flags do not bind directly.
 func validate(cfg *config) error {
-	if cfg.dataDir == "" {
-		cfg.dataDir = cfg.name + ".shimd"
+	if cfg.DataDir == "" {
+		cfg.DataDir = cfg.Name + ".shimd"
 	}
 	switch {
-	case cfg.maxRequestBytes <= 0:
-		return fmt.Errorf("--max-request-bytes must be positive, got %d", cfg.maxRequestBytes)
-	case cfg.maxTxnOps <= 0:
-		return fmt.Errorf("--max-txn-ops must be positive, got %d", cfg.maxTxnOps)
+	case cfg.MaxRequestBytes <= 0:
+		return fmt.Errorf("--max-request-bytes must be positive, got %d", cfg.MaxRequestBytes)
+	case cfg.MaxTxnOps <= 0:
+		return fmt.Errorf("--max-txn-ops must be positive, got %d", cfg.MaxTxnOps)
 	case cfg.maxStreams == 0 || cfg.maxStreams > math.MaxUint32:
 		return fmt.Errorf("--max-concurrent-streams must be between 1 and %d", uint32(math.MaxUint32))
-	case cfg.quotaBackendBytes < 0:
-		return fmt.Errorf("--quota-backend-bytes must not be negative, got %d", cfg.quotaBackendBytes)
+	case cfg.QuotaBackendBytes < 0:
+		return fmt.Errorf("--quota-backend-bytes must not be negative, got %d", cfg.QuotaBackendBytes)
 	case cfg.valueCacheSize < 0:
 		return fmt.Errorf("--value-cache-size must not be negative, got %d", cfg.valueCacheSize)
 	case cfg.logFormat != "text" && cfg.logFormat != "json":
 		return fmt.Errorf("--log-format %q is not one of text, json", cfg.logFormat)
-	case (cfg.certFile == "") != (cfg.keyFile == ""):
-		return fmt.Errorf("--cert-file and --key-file go together")
-	case cfg.clientCertAuth && cfg.trustedCAFile == "":
-		return fmt.Errorf("--client-cert-auth needs --trusted-ca-file")
 	}
 	if _, err := parseLevel(cfg.logLevel); err != nil {
 		return err
 	}
-	if _, _, err := compact.ParseRetention(cfg.compactionMode, cfg.compactionRetain); err != nil {
-		return err
-	}
-	for _, list := range []string{cfg.listenClientURLs, cfg.listenMetricsURLs} {
-		urls, err := parseURLs(list)
-		if err != nil {
-			return err
-		}
-		for _, u := range urls {
-			if u.Scheme == "https" && cfg.certFile == "" {
-				return fmt.Errorf("%s needs --cert-file and --key-file", u)
-			}
-		}
-	}
-	if list, _ := parseURLs(cfg.listenClientURLs); len(list) == 0 {
+	cfg.ListenClientURLs = splitList(cfg.listenClientURLs)
+	cfg.ListenMetricsURLs = splitList(cfg.listenMetricsURLs)
+	cfg.AdvertiseClientURLs = splitList(cfg.advertiseClientURLs)
+	if len(cfg.ListenClientURLs) == 0 {
 		return fmt.Errorf("--listen-client-urls is empty")
 	}
-	if _, err := parseURLs(cfg.advertiseClientURLs); err != nil {
-		return fmt.Errorf("--advertise-client-urls: %v", err)
+	cfg.MaxConcurrentStreams = uint32(cfg.maxStreams)
+	cfg.ValueCacheSize = cfg.valueCacheSize
+	if cfg.ValueCacheSize == 0 {
+		cfg.ValueCacheSize = -1 // the flag's 0 disables; the Config's 0 is the default
 	}
-	if ep := cfg.endpoint; ep != "" {
-		known := false
-		for _, p := range []string{"sqlite://", "file:", "postgres://", "postgresql://", "mysql://"} {
-			known = known || strings.HasPrefix(ep, p)
-		}
-		if !known {
-			scheme, _, _ := strings.Cut(ep, "://")
-			return fmt.Errorf("--endpoint: unsupported database %q (supported: sqlite://, postgres://, mysql://, or empty for SQLite in --data-dir)", scheme)
+	return cfg.Validate()
+}
+
+// splitList reads a comma-separated flag value, ignoring empty items.
+func splitList(list string) []string {
+	var out []string
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
 		}
 	}
-	return nil
+	return out
 }
 
 func parseLevel(s string) (slog.Level, error) {
@@ -280,29 +253,7 @@ func parseLevel(s string) (slog.Level, error) {
 	return 0, fmt.Errorf("--log-level %q is not one of debug, info, warn, error", s)
 }
 
-// parseURLs reads a comma-separated list of http:// and https:// URLs.
-func parseURLs(list string) ([]*url.URL, error) {
-	var out []*url.URL
-	for _, raw := range strings.Split(list, ",") {
-		raw = strings.TrimSpace(raw)
-		if raw == "" {
-			continue
-		}
-		u, err := url.Parse(raw)
-		if err != nil {
-			return nil, fmt.Errorf("%q is not a URL: %v", raw, err)
-		}
-		if u.Scheme != "http" && u.Scheme != "https" {
-			return nil, fmt.Errorf("%q: scheme must be http or https", raw)
-		}
-		if u.Port() == "" {
-			return nil, fmt.Errorf("%q has no port", raw)
-		}
-		out = append(out, u)
-	}
-	return out, nil
-}
-
+// newLogger is the logger --log-level and --log-format ask for.
 func newLogger(cfg *config, out io.Writer) *slog.Logger {
 	level, _ := parseLevel(cfg.logLevel)
 	opts := &slog.HandlerOptions{Level: level}

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/shimd/shimd"
 )
 
 func main() {
@@ -38,9 +40,15 @@ func main() {
 		fmt.Fprintf(os.Stderr, "shimd: %v\n", err)
 		os.Exit(2)
 	}
+	cfg.Logger = newLogger(cfg, os.Stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, cfg); err != nil {
+	srv, err := shimd.Run(ctx, cfg.Config)
+	if err == nil {
+		<-srv.Done()
+		err = srv.Err()
+	}
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "shimd: %v\n", err)
 		os.Exit(1)
 	}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/url"
 	"os"
@@ -21,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/shimd/shimd"
 	"github.com/shimd/shimd/sqllog"
 )
 
@@ -34,13 +34,13 @@ const migratePage = 500
 // log above that revision, so clients' remembered revisions stay valid.
 func migrateCommand(args []string) error {
 	fs := flag.NewFlagSet("shimd migrate", flag.ContinueOnError)
-	cfg := &config{name: "default"}
+	cfg := shimd.Config{ValueCacheSize: -1} // no cache: each value is written once
 	from := fs.String("from", "", "Client URL of the etcd v3 endpoint to copy from (http:// or https://).")
 	caFile := fs.String("from-cacert", "", "CA certificate to verify the source with.")
 	certFile := fs.String("from-cert", "", "Client certificate for the source.")
 	keyFile := fs.String("from-key", "", "Client key for the source.")
-	fs.StringVar(&cfg.dataDir, "data-dir", "default.shimd", "Data directory to copy into (SQLite).")
-	fs.StringVar(&cfg.endpoint, "endpoint", "", "Database to copy into; it must be empty.")
+	fs.StringVar(&cfg.DataDir, "data-dir", "default.shimd", "Data directory to copy into (SQLite).")
+	fs.StringVar(&cfg.Endpoint, "endpoint", "", "Database to copy into; it must be empty.")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -78,7 +78,8 @@ func migrateCommand(args []string) error {
 	defer conn.Close()
 
 	ctx := context.Background()
-	log, err := openLog(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	log, err := shimd.OpenLog(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -5,11 +5,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"strings"
 
+	"github.com/shimd/shimd"
 	"github.com/shimd/shimd/sqllog"
 )
 
@@ -30,9 +30,9 @@ func snapshotCommand(args []string) error {
 	file := args[1]
 	fs := flag.NewFlagSet("shimd snapshot restore", flag.ContinueOnError)
 	fs.SetOutput(out)
-	cfg := &config{name: "default"}
-	fs.StringVar(&cfg.dataDir, "data-dir", "default.shimd", "Data directory to restore into (SQLite).")
-	fs.StringVar(&cfg.endpoint, "endpoint", "", "Database to restore into; it must be empty.")
+	cfg := shimd.Config{ValueCacheSize: -1} // no cache: each value is written once
+	fs.StringVar(&cfg.DataDir, "data-dir", "default.shimd", "Data directory to restore into (SQLite).")
+	fs.StringVar(&cfg.Endpoint, "endpoint", "", "Database to restore into; it must be empty.")
 	if err := fs.Parse(args[2:]); err != nil {
 		return err
 	}
@@ -42,7 +42,8 @@ func snapshotCommand(args []string) error {
 	}
 	defer f.Close()
 	ctx := context.Background()
-	log, err := openLog(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	log, err := shimd.OpenLog(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,8 @@ import (
 
 	gomysql "github.com/go-sql-driver/mysql"
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
+
+	shimdmysql "github.com/shimd/shimd/drivers/mysql"
 )
 
 // Store is one fresh, empty database for shimd: a PostgreSQL schema or a
@@ -282,7 +284,7 @@ func adminDB(b Backend) (*sql.DB, error) {
 			return nil, err
 		}
 	case KindMySQL:
-		cfg, err := parseMySQLDSN(b.AdminDSN)
+		cfg, err := shimdmysql.ParseDSN(b.AdminDSN)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", b.Name, err)
 		}
@@ -369,41 +371,10 @@ func postgresEndpoint(dsn, schema string) (string, error) {
 
 // mysqlEndpoint is dsn with database db, in the driver's DSN form.
 func mysqlEndpoint(dsn, db string) (string, error) {
-	cfg, err := parseMySQLDSN(dsn)
+	cfg, err := shimdmysql.ParseDSN(dsn)
 	if err != nil {
 		return "", err
 	}
 	cfg.DBName = db
 	return "mysql://" + cfg.FormatDSN(), nil
-}
-
-// parseMySQLDSN reads the endpoint forms shimd accepts: the driver's DSN
-// (user:pass@tcp(host:port)/db) with or without a mysql:// prefix, and the
-// URL form mysql://user:pass@host:port/db. (Kept apart from shimd's own
-// parser so that the suite compiles even when shimd does not.)
-func parseMySQLDSN(endpoint string) (*gomysql.Config, error) {
-	rest := strings.TrimPrefix(endpoint, "mysql://")
-	if strings.Contains(rest, "(") {
-		return gomysql.ParseDSN(rest)
-	}
-	u, err := url.Parse("mysql://" + rest)
-	if err != nil {
-		return nil, fmt.Errorf("not a MySQL DSN or URL: %w", err)
-	}
-	cfg := gomysql.NewConfig()
-	cfg.User = u.User.Username()
-	cfg.Passwd, _ = u.User.Password()
-	cfg.Net = "tcp"
-	cfg.Addr = u.Host
-	if u.Port() == "" {
-		cfg.Addr = u.Host + ":3306"
-	}
-	cfg.DBName = strings.TrimPrefix(u.Path, "/")
-	for k, v := range u.Query() {
-		if cfg.Params == nil {
-			cfg.Params = map[string]string{}
-		}
-		cfg.Params[k] = v[0]
-	}
-	return cfg, nil
 }

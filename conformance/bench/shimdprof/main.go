@@ -1,7 +1,6 @@
-// Command shimdprof is shimd's server (the same sqllog, server and driver
-// packages, wired as cmd/shimd wires them with its default flags, minus TLS,
-// the HTTP endpoints and auto-compaction, which the benchmark does not use)
-// plus a CPU profiler the benchmark switches on and off per phase:
+// Command shimdprof is shimd (package shimd, as cmd/shimd runs it, with
+// cmd/shimd's defaults for the flags it does not take) plus a CPU profiler
+// the benchmark switches on and off per phase:
 //
 //	GET http://<--pprof-addr>/prof/start?path=FILE   starts writing a CPU profile to FILE
 //	GET http://<--pprof-addr>/prof/stop              stops it
@@ -18,23 +17,13 @@ import (
 	"net"
 	"net/http"
 	_ "net/http/pprof"
-	"net/url"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime/pprof"
-	"strings"
 	"sync"
 	"syscall"
-	"time"
 
-	"google.golang.org/grpc"
-
-	"github.com/shimd/shimd/drivers"
-	"github.com/shimd/shimd/drivers/mysql"
-	"github.com/shimd/shimd/drivers/postgres"
-	"github.com/shimd/shimd/drivers/sqlite"
-	"github.com/shimd/shimd/server"
+	"github.com/shimd/shimd"
 	"github.com/shimd/shimd/sqllog"
 )
 
@@ -56,41 +45,17 @@ func main() {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
 
-	var be *drivers.Backend
-	var err error
-	opts := drivers.Options{MaxOpenConns: 16, ConnectTimeout: 5 * time.Second} // shimd's flag defaults
-	switch ep := *endpoint; {
-	case ep == "":
-		be, err = sqlite.Open(filepath.Join(*dataDir, sqlite.FileName))
-	case strings.HasPrefix(ep, "postgres://"), strings.HasPrefix(ep, "postgresql://"):
-		opts.PostgresVacuumFull = *vacuumFull
-		be, err = postgres.Open(ctx, ep, opts)
-	case strings.HasPrefix(ep, "mysql://"):
-		be, err = mysql.Open(ctx, ep, opts)
-	default:
-		err = fmt.Errorf("unsupported --endpoint %q", ep)
-	}
-	if err != nil {
-		fail(err)
-	}
 	if *cacheSize == 0 {
 		*cacheSize = -1 // as cmd/shimd: the flag's 0 disables the cache
 	}
-	log, err := sqllog.Open(ctx, be, sqllog.Options{Logger: lg, PollInterval: sqllog.DefaultPollInterval, ValueCacheBytes: *cacheSize})
-	if err != nil {
-		fail(err)
-	}
-	defer log.Close()
-	srv := server.New(log, server.Config{Name: "default", ClientURLs: []string{*listen}, Logger: lg})
-	defer srv.Close()
-	g := grpc.NewServer(srv.GRPCOptions()...)
-	srv.Register(g)
-
-	u, err := url.Parse(*listen)
-	if err != nil {
-		fail(err)
-	}
-	ln, err := net.Listen("tcp", u.Host)
+	srv, err := shimd.Run(ctx, shimd.Config{
+		DataDir:            *dataDir,
+		Endpoint:           *endpoint,
+		ListenClientURLs:   []string{*listen},
+		PostgresVacuumFull: *vacuumFull,
+		ValueCacheSize:     *cacheSize,
+		Logger:             lg,
+	})
 	if err != nil {
 		fail(err)
 	}
@@ -130,14 +95,10 @@ func main() {
 		}
 	})
 	go http.Serve(pl, nil)
-	errc := make(chan error, 1)
-	go func() { errc <- g.Serve(ln) }()
-	select {
-	case <-ctx.Done():
-	case err := <-errc:
+	<-srv.Done()
+	if err := srv.Err(); err != nil {
 		fail(err)
 	}
-	g.Stop()
 }
 
 func fail(v any) {

@@ -1,4 +1,4 @@
-package harness
+package proc
 
 import (
 	"os/exec"
