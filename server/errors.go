@@ -8,18 +8,16 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/shimd/shimd/server/txn"
 	"github.com/shimd/shimd/sqllog"
 )
 
-// Errors of the apply layer, before translation to gRPC.
-var (
-	errKeyNotFound     = errors.New("etcdserver: key not found")
-	errLeaseNotFound   = errors.New("lease not found")
-	errRequestTooLarge = errors.New("etcdserver: request is too large")
-)
+// errRequestTooLarge is checkSize's error, before translation to gRPC.
+var errRequestTooLarge = errors.New("etcdserver: request is too large")
 
-// toGRPC turns an internal error into the gRPC status etcd sends for it, so
-// that clientv3 maps it back to its rpctypes error.
+// toGRPC turns an error of sqllog, of the apply layer (package txn) or of
+// checkSize into the gRPC status etcd sends for it, so that clientv3 maps it
+// back to its rpctypes error.
 func toGRPC(err error) error {
 	switch {
 	case err == nil:
@@ -30,9 +28,9 @@ func toGRPC(err error) error {
 		return rpctypes.ErrGRPCCompacted
 	case errors.Is(err, sqllog.ErrFutureRev):
 		return rpctypes.ErrGRPCFutureRev
-	case errors.Is(err, errKeyNotFound):
+	case errors.Is(err, txn.ErrKeyNotFound):
 		return rpctypes.ErrGRPCKeyNotFound
-	case errors.Is(err, errLeaseNotFound):
+	case errors.Is(err, txn.ErrLeaseNotFound):
 		return rpctypes.ErrGRPCLeaseNotFound
 	case errors.Is(err, errRequestTooLarge):
 		return rpctypes.ErrGRPCRequestTooLarge

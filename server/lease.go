@@ -25,80 +25,42 @@ const (
 )
 
 // leaseServer is etcd's Lease service. Leases live in the database with
-// their absolute expiry, so a restart honours the time that was left.
+// their absolute expiry, so a restart honours the time that was left. The
+// quota check of a grant comes before, from quotaLeaseServer.
 type leaseServer struct {
 	pb.UnimplementedLeaseServer
 	s *Server
 }
 
 func (ls *leaseServer) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
-	if err := ls.s.checkQuota(ctx, leaseOverhead); err != nil {
-		return nil, err
-	}
 	id := r.ID
 	for id == 0 {
 		id = rand.Int64() // positive, as etcd's generated ids are
 	}
-	if err := ls.s.checkSize(&pb.InternalRaftRequest{LeaseGrant: &pb.LeaseGrantRequest{ID: id, TTL: r.TTL}}); err != nil {
+	if err := checkSize(&pb.InternalRaftRequest{LeaseGrant: &pb.LeaseGrantRequest{ID: id, TTL: r.TTL}}, ls.s.cfg.MaxRequestBytes); err != nil {
 		return nil, toGRPC(err)
 	}
 	if r.TTL > maxLeaseTTL {
 		return nil, rpctypes.ErrGRPCLeaseTTLTooLarge
 	}
-	ttl := max(r.TTL, minLeaseTTL)
-	var rev int64
-	err := ls.s.log.Write(ctx, func(tw *sqllog.TxnWrite) error {
-		if err := ls.s.checkCorrupt(); err != nil {
-			return err
-		}
-		if ls.s.capped() {
-			return rpctypes.ErrGRPCNoSpace
-		}
-		if tw.LeaseExists(id) {
-			return rpctypes.ErrGRPCLeaseExist
-		}
-		tw.GrantLease(sqllog.Lease{ID: id, TTL: ttl, Expiry: time.Now().Add(time.Duration(ttl) * time.Second)})
-		rev = tw.Rev()
-		return nil
-	})
+	resp, err := ls.s.apply.LeaseGrant(ctx, &pb.LeaseGrantRequest{ID: id, TTL: max(r.TTL, minLeaseTTL)})
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	return &pb.LeaseGrantResponse{Header: ls.s.header(rev), ID: id, TTL: ttl}, nil
+	ls.s.fill(resp.Header)
+	return resp, nil
 }
 
 func (ls *leaseServer) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
-	if err := ls.s.checkSize(&pb.InternalRaftRequest{LeaseRevoke: r}); err != nil {
+	if err := checkSize(&pb.InternalRaftRequest{LeaseRevoke: r}, ls.s.cfg.MaxRequestBytes); err != nil {
 		return nil, toGRPC(err)
 	}
-	var rev int64
-	err := ls.s.log.Write(ctx, func(tw *sqllog.TxnWrite) error {
-		if err := ls.s.checkCorrupt(); err != nil {
-			return err
-		}
-		if !tw.LeaseExists(r.ID) {
-			return errLeaseNotFound
-		}
-		rev = revokeLease(tw, r.ID)
-		return nil
-	})
+	resp, err := ls.s.apply.LeaseRevoke(ctx, r)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	return &pb.LeaseRevokeResponse{Header: ls.s.header(rev)}, nil
-}
-
-// revokeLease deletes the keys attached to lease id, in key order and all in
-// one revision, then the lease. It returns the revision after.
-func revokeLease(tw *sqllog.TxnWrite, id int64) int64 {
-	for _, k := range tw.LeaseKeys(id) {
-		tw.DeleteRange(k, nil)
-	}
-	tw.RevokeLease(id)
-	if tw.Changes() > 0 {
-		return tw.Rev() + 1
-	}
-	return tw.Rev()
+	ls.s.fill(resp.Header)
+	return resp, nil
 }
 
 func (ls *leaseServer) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
@@ -144,7 +106,7 @@ func (ls *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) erro
 		if err != nil {
 			return err
 		}
-		ttl, err := ls.s.renewLease(stream.Context(), req.ID)
+		ttl, err := ls.renewLease(stream.Context(), req.ID)
 		if err != nil {
 			return toGRPC(err)
 		}
@@ -163,9 +125,9 @@ func (ls *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) erro
 // an expired lease before answering, so that a client told the lease is gone
 // finds its keys gone too. If another process renewed the lease meanwhile,
 // the revocation finds it alive and the second renewal succeeds.
-func (s *Server) renewLease(ctx context.Context, id int64) (int64, error) {
+func (ls *leaseServer) renewLease(ctx context.Context, id int64) (int64, error) {
 	for range 2 {
-		ttl, err := s.log.RenewLease(ctx, id, time.Now())
+		ttl, err := ls.s.log.RenewLease(ctx, id, time.Now())
 		switch {
 		case err == nil:
 			return ttl, nil
@@ -174,30 +136,15 @@ func (s *Server) renewLease(ctx context.Context, id int64) (int64, error) {
 		case !errors.Is(err, sqllog.ErrLeaseExpired):
 			return 0, err
 		}
-		if err := s.revokeExpired(ctx, id); err != nil {
+		if err := ls.s.apply.RevokeExpired(ctx, id); err != nil {
 			return 0, err
 		}
 	}
 	return 0, nil
 }
 
-// revokeExpired revokes lease id if it has expired. The expiry is re-read
-// inside the write transaction, so a keep-alive that reached another
-// process first saves the lease, and two processes never revoke one lease
-// twice.
-func (s *Server) revokeExpired(ctx context.Context, id int64) error {
-	return s.log.Write(ctx, func(tw *sqllog.TxnWrite) error {
-		expired, err := tw.LeaseExpired(ctx, id, time.Now())
-		if err != nil || !expired {
-			return err
-		}
-		revokeLease(tw, id)
-		return nil
-	})
-}
-
 // expireLeases revokes expired leases until ctx ends.
-func (s *Server) expireLeases(ctx context.Context) {
+func (ls *leaseServer) expireLeases(ctx context.Context) {
 	t := time.NewTicker(leaseCheckInterval)
 	defer t.Stop()
 	for {
@@ -206,13 +153,13 @@ func (s *Server) expireLeases(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		ids, err := s.log.ExpiredLeases(ctx, time.Now())
+		ids, err := ls.s.log.ExpiredLeases(ctx, time.Now())
 		if err != nil && ctx.Err() == nil {
-			s.lg.Warn("looking for expired leases failed; will retry", "err", err)
+			ls.s.lg.Warn("looking for expired leases failed; will retry", "err", err)
 		}
 		for _, id := range ids {
-			if err := s.revokeExpired(ctx, id); err != nil && ctx.Err() == nil {
-				s.lg.Warn("revoking an expired lease failed; will retry", "lease", id, "err", err)
+			if err := ls.s.apply.RevokeExpired(ctx, id); err != nil && ctx.Err() == nil {
+				ls.s.lg.Warn("revoking an expired lease failed; will retry", "lease", id, "err", err)
 			}
 		}
 	}

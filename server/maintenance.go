@@ -94,7 +94,7 @@ func (m *maintenanceServer) Defragment(ctx context.Context, r *pb.DefragmentRequ
 	if err := m.s.log.Defragment(ctx); err != nil {
 		return nil, toGRPC(err)
 	}
-	m.s.refreshSize(ctx)
+	m.s.quota.refresh(ctx)
 	return &pb.DefragmentResponse{Header: m.s.header(0)}, nil
 }
 

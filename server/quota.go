@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"log/slog"
 	"sync/atomic"
 	"time"
 
@@ -24,27 +25,40 @@ const (
 
 // quota is etcd's space quota: a write that would take the database past it
 // raises the NOSPACE alarm and fails; while the alarm is raised only reads,
-// deletes and compaction succeed, until an operator disarms it.
+// deletes and compaction succeed (the apply layer, package txn, refuses the
+// rest), until an operator disarms it.
 type quota struct {
-	bytes int64
+	log      *sqllog.Log
+	lg       *slog.Logger
+	memberID uint64 // the member that raises the alarm
+	bytes    int64
 	// size is the last measured database size plus the cost of the writes
 	// accepted since, so that a burst cannot overshoot between measurements.
 	size atomic.Int64
 }
 
-// refreshSize measures the database now.
-func (s *Server) refreshSize(ctx context.Context) {
-	size, inUse, err := s.log.Size(ctx)
+func newQuota(log *sqllog.Log, lg *slog.Logger, memberID uint64, bytes int64) *quota {
+	if bytes <= 0 {
+		bytes = DefaultQuotaBytes
+	}
+	quotaGauge.Set(float64(bytes))
+	return &quota{log: log, lg: lg, memberID: memberID, bytes: bytes}
+}
+
+// refresh measures the database now.
+func (q *quota) refresh(ctx context.Context) {
+	size, inUse, err := q.log.Size(ctx)
 	if err != nil {
-		s.lg.Warn("measuring the database size failed", "err", err)
+		q.lg.Warn("measuring the database size failed", "err", err)
 		return
 	}
-	s.quota.size.Store(size)
+	q.size.Store(size)
 	dbSizeGauge.Set(float64(size))
 	dbSizeInUseGauge.Set(float64(inUse))
 }
 
-func (s *Server) measureSize(ctx context.Context) {
+// measure refreshes the size every sizeInterval until ctx ends.
+func (q *quota) measure(ctx context.Context) {
 	t := time.NewTicker(sizeInterval)
 	defer t.Stop()
 	for {
@@ -52,47 +66,25 @@ func (s *Server) measureSize(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			s.refreshSize(ctx)
+			q.refresh(ctx)
 		}
 	}
 }
 
-// checkQuota is etcd's quota check, made before a Put, a Txn or a
-// LeaseGrant is looked at.
-func (s *Server) checkQuota(ctx context.Context, cost int) error {
+// check is etcd's quota check, made before a Put, a Txn or a LeaseGrant is
+// looked at: one that would pass the quota raises the NOSPACE alarm.
+func (q *quota) check(ctx context.Context, cost int) error {
 	if cost == 0 {
 		return nil
 	}
-	if s.quota.size.Load()+int64(cost) < s.quota.bytes {
-		s.quota.size.Add(int64(cost))
+	if q.size.Load()+int64(cost) < q.bytes {
+		q.size.Add(int64(cost))
 		return nil
 	}
-	if _, err := s.log.SetAlarm(ctx, sqllog.Alarm{MemberID: s.memberID, Type: int32(pb.AlarmType_NOSPACE)}, true); err != nil {
-		s.lg.Warn("raising the NOSPACE alarm failed", "err", err)
+	if _, err := q.log.SetAlarm(ctx, sqllog.Alarm{MemberID: q.memberID, Type: int32(pb.AlarmType_NOSPACE)}, true); err != nil {
+		q.lg.Warn("raising the NOSPACE alarm failed", "err", err)
 	}
 	return rpctypes.ErrGRPCNoSpace
-}
-
-// capped reports whether writes that add data are refused: the NOSPACE
-// alarm is raised on some member.
-func (s *Server) capped() bool { return s.alarmed(pb.AlarmType_NOSPACE) }
-
-// checkCorrupt refuses every write while a CORRUPT alarm is raised, as
-// etcd does; reads go on.
-func (s *Server) checkCorrupt() error {
-	if s.alarmed(pb.AlarmType_CORRUPT) {
-		return rpctypes.ErrGRPCCorrupt
-	}
-	return nil
-}
-
-func (s *Server) alarmed(t pb.AlarmType) bool {
-	for _, a := range s.log.Alarms() {
-		if a.Type == int32(t) {
-			return true
-		}
-	}
-	return false
 }
 
 func costPut(r *pb.PutRequest) int { return kvOverhead + len(r.Key) + len(r.Value) }
@@ -111,4 +103,39 @@ func costTxn(r *pb.TxnRequest) int {
 		return n
 	}
 	return max(branch(r.Success), branch(r.Failure))
+}
+
+// quotaKVServer is etcd's decorator of the same name: the quota check before
+// the KV service sees a Put or a Txn.
+type quotaKVServer struct {
+	pb.KVServer
+	q *quota
+}
+
+func (s quotaKVServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
+	if err := s.q.check(ctx, costPut(r)); err != nil {
+		return nil, err
+	}
+	return s.KVServer.Put(ctx, r)
+}
+
+func (s quotaKVServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	if err := s.q.check(ctx, costTxn(r)); err != nil {
+		return nil, err
+	}
+	return s.KVServer.Txn(ctx, r)
+}
+
+// quotaLeaseServer is etcd's decorator of the same name: the quota check
+// before the Lease service sees a LeaseGrant.
+type quotaLeaseServer struct {
+	pb.LeaseServer
+	q *quota
+}
+
+func (s quotaLeaseServer) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+	if err := s.q.check(ctx, leaseOverhead); err != nil {
+		return nil, err
+	}
+	return s.LeaseServer.LeaseGrant(ctx, r)
 }

@@ -1,7 +1,8 @@
 // Package server implements etcd's v3 gRPC services on top of the revision
-// log. Each service validates its requests as etcd does, then delegates to
-// sqllog; the semantics that sit between the two (txn compares, range sort
-// and filters) live here, one file per concern.
+// log, as etcd's v3rpc layer does: each service validates its requests as
+// etcd does, then delegates, KV and Lease requests to the apply layer
+// (package server/txn, which runs them on sqllog), the others to sqllog.
+// The space quota is a decorator of the KV and Lease services (quota.go).
 package server
 
 import (
@@ -19,6 +20,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/shimd/shimd/server/txn"
 	"github.com/shimd/shimd/sqllog"
 )
 
@@ -61,7 +63,8 @@ type Server struct {
 	cfg      Config
 	lg       *slog.Logger
 	memberID uint64
-	quota    quota
+	quota    *quota
+	apply    *txn.Applier
 	health   *health.Server
 	stop     context.CancelFunc
 	wg       sync.WaitGroup
@@ -117,16 +120,13 @@ func New(log *sqllog.Log, cfg Config) *Server {
 	host, _ := os.Hostname()
 	h.Write([]byte(host))
 	ctx, stop := context.WithCancel(context.Background())
-	s := &Server{log: log, cfg: cfg, lg: cfg.Logger, memberID: h.Sum64(), stop: stop}
-	s.quota.bytes = cfg.QuotaBackendBytes
-	if s.quota.bytes <= 0 {
-		s.quota.bytes = DefaultQuotaBytes
-	}
-	quotaGauge.Set(float64(s.quota.bytes))
+	s := &Server{log: log, cfg: cfg, lg: cfg.Logger, memberID: h.Sum64(), stop: stop, apply: txn.NewApplier(log)}
+	s.quota = newQuota(log, s.lg, s.memberID, cfg.QuotaBackendBytes)
 	s.health = health.NewServer()
-	s.refreshSize(ctx)
+	s.quota.refresh(ctx)
 	hl := func(ctx context.Context) { s.healthLoop(ctx, s.health) }
-	for _, loop := range []func(context.Context){s.expireLeases, s.measureSize, s.heartbeat, hl} {
+	leases := &leaseServer{s: s}
+	for _, loop := range []func(context.Context){leases.expireLeases, s.quota.measure, s.heartbeat, hl} {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -155,15 +155,15 @@ func (s *Server) GRPCOptions() []grpc.ServerOption {
 		// policy would close their connections for pinging too often.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: s.cfg.KeepAliveMinTime, PermitWithoutStream: false}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepAliveInterval, Timeout: s.cfg.KeepAliveTimeout}),
-		grpc.ChainUnaryInterceptor(grpcMetrics.UnaryServerInterceptor(), s.slowLog),
+		grpc.ChainUnaryInterceptor(grpcMetrics.UnaryServerInterceptor(), slowLog(s.lg, s.cfg.WarningApplyDuration)),
 		grpc.ChainStreamInterceptor(grpcMetrics.StreamServerInterceptor()),
 	}
 }
 
 // Register adds shimd's services to g.
 func (s *Server) Register(g *grpc.Server) {
-	pb.RegisterKVServer(g, &kvServer{s: s})
-	pb.RegisterLeaseServer(g, &leaseServer{s: s})
+	pb.RegisterKVServer(g, quotaKVServer{&kvServer{s: s}, s.quota})
+	pb.RegisterLeaseServer(g, quotaLeaseServer{&leaseServer{s: s}, s.quota})
 	pb.RegisterWatchServer(g, &watchServer{s: s})
 	pb.RegisterMaintenanceServer(g, &maintenanceServer{s: s})
 	pb.RegisterClusterServer(g, &clusterServer{s: s})

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"log/slog"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -11,18 +12,21 @@ import (
 // DefaultWarningApplyDuration is etcd's --warning-apply-duration.
 const DefaultWarningApplyDuration = 100 * time.Millisecond
 
-// slowLog warns of requests slower than the configured duration, with the
-// request kind and its key range; never values, which may be secrets.
-func (s *Server) slowLog(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	start := time.Now()
-	resp, err := handler(ctx, req)
-	if took := time.Since(start); took > s.cfg.WarningApplyDuration {
-		slowRequests.Inc()
-		key, end := keyRange(req)
-		s.lg.Warn("request took too long", "method", info.FullMethod, "key", key, "range_end", end,
-			"took", took, "expected-duration", s.cfg.WarningApplyDuration, "err", err)
+// slowLog is an interceptor that warns of requests slower than expected,
+// with the request kind and its key range; never values, which may be
+// secrets.
+func slowLog(lg *slog.Logger, expected time.Duration) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		if took := time.Since(start); took > expected {
+			slowRequests.Inc()
+			key, end := keyRange(req)
+			lg.Warn("request took too long", "method", info.FullMethod, "key", key, "range_end", end,
+				"took", took, "expected-duration", expected, "err", err)
+		}
+		return resp, err
 	}
-	return resp, err
 }
 
 // keyRange names the keys a request touches, quoted so binary keys print.

@@ -1,4 +1,4 @@
-package server
+package txn
 
 import (
 	"bytes"
@@ -20,11 +20,11 @@ func gteRange(end []byte) []byte {
 	return end
 }
 
-// doRange answers a RangeRequest from v with etcd's semantics: the revision
+// Range answers a RangeRequest from v with etcd's semantics: the revision
 // filters apply after the read, the count is of every key in range, sorting
 // is Go's sort.Sort over the key-ordered result (so ties come out exactly as
 // etcd's do), and the limit applies last.
-func doRange(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+func Range(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	filtered := r.SortOrder != pb.RangeRequest_NONE ||
 		r.MinModRevision != 0 || r.MaxModRevision != 0 ||
 		r.MinCreateRevision != 0 || r.MaxCreateRevision != 0

@@ -1,4 +1,4 @@
-package server
+package txn
 
 import (
 	"context"
@@ -8,26 +8,35 @@ import (
 	"github.com/shimd/shimd/sqllog"
 )
 
+// Put applies a PutRequest on v as etcd does: the lease must exist (checked
+// first), then the put itself.
+func Put(ctx context.Context, v WriteView, p *pb.PutRequest) (*pb.PutResponse, error) {
+	if p.Lease != 0 && !v.LeaseExists(p.Lease) {
+		return nil, ErrLeaseNotFound
+	}
+	return put(ctx, v, p)
+}
+
 // checkPutState checks a put against the state before it: ignore_value and
 // ignore_lease need the key to exist, and a lease must exist.
-func (s *Server) checkPutState(ctx context.Context, v txnView, p *pb.PutRequest) error {
+func checkPutState(ctx context.Context, v WriteView, p *pb.PutRequest) error {
 	if p.IgnoreValue || p.IgnoreLease {
 		rr, err := v.Range(ctx, p.Key, nil, sqllog.RangeOptions{KeysOnly: true})
 		if err != nil {
 			return err
 		}
 		if len(rr.KVs) == 0 {
-			return errKeyNotFound
+			return ErrKeyNotFound
 		}
 	}
 	if p.Lease != 0 && !v.LeaseExists(p.Lease) {
-		return errLeaseNotFound
+		return ErrLeaseNotFound
 	}
 	return nil
 }
 
-// doPut applies a put on v, honouring prev_kv and ignore_value/ignore_lease.
-func doPut(ctx context.Context, v txnView, p *pb.PutRequest) (*pb.PutResponse, error) {
+// put applies a put on v, honouring prev_kv and ignore_value/ignore_lease.
+func put(ctx context.Context, v WriteView, p *pb.PutRequest) (*pb.PutResponse, error) {
 	resp := &pb.PutResponse{Header: &pb.ResponseHeader{}}
 	value, lease := p.Value, p.Lease
 	if p.IgnoreValue || p.IgnoreLease || p.PrevKv {
@@ -37,7 +46,7 @@ func doPut(ctx context.Context, v txnView, p *pb.PutRequest) (*pb.PutResponse, e
 		}
 		if len(rr.KVs) == 0 {
 			if p.IgnoreValue || p.IgnoreLease {
-				return nil, errKeyNotFound
+				return nil, ErrKeyNotFound
 			}
 		} else {
 			if p.IgnoreValue {

@@ -1,37 +1,17 @@
-package server
+package txn
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/shimd/shimd/sqllog"
 )
 
-// txnView is what a txn runs on: a write request in the log, or a read view
-// wrapped for read-only txns.
-type txnView interface {
-	sqllog.ReadView
-	Put(key, value []byte, lease int64) int64
-	DeleteRange(key, end []byte) (n, rev int64)
-	Changes() int
-	LeaseExists(id int64) bool
-}
-
-// readOnly lets a read-only txn run on a ReadView; it never writes.
-type readOnly struct{ sqllog.ReadView }
-
-func (readOnly) Put([]byte, []byte, int64) int64           { panic("write in a read-only txn") }
-func (readOnly) DeleteRange([]byte, []byte) (int64, int64) { panic("write in a read-only txn") }
-func (readOnly) Changes() int                              { return 0 }
-func (readOnly) LeaseExists(int64) bool                    { return false }
-
-// isReadOnly reports whether both branches hold only ranges; such a txn
+// IsReadOnly reports whether both branches hold only ranges; such a txn
 // never takes a revision and need not go through the writer.
-func isReadOnly(r *pb.TxnRequest) bool {
+func IsReadOnly(r *pb.TxnRequest) bool {
 	for _, branch := range [][]*pb.RequestOp{r.Success, r.Failure} {
 		for _, op := range branch {
 			if op.GetRequestRange() == nil {
@@ -42,15 +22,32 @@ func isReadOnly(r *pb.TxnRequest) bool {
 	return true
 }
 
-// runTxn evaluates the compares, checks the chosen ops against the state
-// before any of them run, then runs them.
-func (s *Server) runTxn(ctx context.Context, v txnView, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+// hasPut reports whether either branch, at any depth, holds a put: whether
+// the txn may add data (etcd's quota gives it a non-zero cost).
+func hasPut(r *pb.TxnRequest) bool {
+	for _, branch := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, op := range branch {
+			if op.GetRequestPut() != nil {
+				return true
+			}
+			if t := op.GetRequestTxn(); t != nil && hasPut(t) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Txn applies a TxnRequest on v as etcd does: it evaluates the compares,
+// checks the chosen ops against the state before any of them run, then runs
+// them.
+func Txn(ctx context.Context, v WriteView, r *pb.TxnRequest) (*pb.TxnResponse, error) {
 	path := comparePath(ctx, v, r)
-	if _, err := s.checkTxnOps(ctx, v, r, path); err != nil {
+	if _, err := checkTxnOps(ctx, v, r, path); err != nil {
 		return nil, err
 	}
 	resp, _ := newTxnResp(r, path)
-	if _, err := s.execTxn(ctx, v, r, path, resp); err != nil {
+	if _, err := execTxn(ctx, v, r, path, resp); err != nil {
 		return nil, err
 	}
 	rev := v.Rev()
@@ -77,77 +74,10 @@ func comparePath(ctx context.Context, v sqllog.ReadView, r *pb.TxnRequest) []boo
 	return path
 }
 
-func compareAll(ctx context.Context, v sqllog.ReadView, cmps []*pb.Compare) bool {
-	for _, c := range cmps {
-		if !compare(ctx, v, c) {
-			return false
-		}
-	}
-	return true
-}
-
-// compare holds when every key in its range satisfies it. With no key in
-// range a value compare fails, and the others compare against zero.
-func compare(ctx context.Context, v sqllog.ReadView, c *pb.Compare) bool {
-	rr, err := v.Range(ctx, c.Key, gteRange(c.RangeEnd), sqllog.RangeOptions{KeysOnly: c.Target != pb.Compare_VALUE})
-	if err != nil {
-		return false
-	}
-	if len(rr.KVs) == 0 {
-		if c.Target == pb.Compare_VALUE {
-			return false
-		}
-		return compareKV(c, &mvccpb.KeyValue{})
-	}
-	for _, kv := range rr.KVs {
-		if !compareKV(c, kv) {
-			return false
-		}
-	}
-	return true
-}
-
-func compareKV(c *pb.Compare, kv *mvccpb.KeyValue) bool {
-	var result int
-	switch c.Target {
-	case pb.Compare_VALUE:
-		result = bytes.Compare(kv.Value, c.GetValue())
-	case pb.Compare_CREATE:
-		result = cmpInt(kv.CreateRevision, c.GetCreateRevision())
-	case pb.Compare_MOD:
-		result = cmpInt(kv.ModRevision, c.GetModRevision())
-	case pb.Compare_VERSION:
-		result = cmpInt(kv.Version, c.GetVersion())
-	case pb.Compare_LEASE:
-		result = cmpInt(kv.Lease, c.GetLease())
-	}
-	switch c.Result {
-	case pb.Compare_EQUAL:
-		return result == 0
-	case pb.Compare_NOT_EQUAL:
-		return result != 0
-	case pb.Compare_GREATER:
-		return result > 0
-	case pb.Compare_LESS:
-		return result < 0
-	}
-	return true
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 // checkTxnOps rejects the txn before it changes anything when an op on the
 // chosen path would fail: a range at a compacted or future revision, a put
 // whose ignore_* needs a missing key, or a put with an unknown lease.
-func (s *Server) checkTxnOps(ctx context.Context, v txnView, r *pb.TxnRequest, path []bool) (int, error) {
+func checkTxnOps(ctx context.Context, v WriteView, r *pb.TxnRequest, path []bool) (int, error) {
 	ops := r.Success
 	if !path[0] {
 		ops = r.Failure
@@ -165,10 +95,10 @@ func (s *Server) checkTxnOps(ctx context.Context, v txnView, r *pb.TxnRequest, p
 				err = sqllog.ErrCompacted
 			}
 		case *pb.RequestOp_RequestPut:
-			err = s.checkPutState(ctx, v, o.RequestPut)
+			err = checkPutState(ctx, v, o.RequestPut)
 		case *pb.RequestOp_RequestTxn:
 			var n int
-			n, err = s.checkTxnOps(ctx, v, o.RequestTxn, path[1:])
+			n, err = checkTxnOps(ctx, v, o.RequestTxn, path[1:])
 			nested += n + 1
 			path = path[n+1:]
 		}
@@ -209,7 +139,7 @@ func newTxnResp(r *pb.TxnRequest, path []bool) (*pb.TxnResponse, int) {
 }
 
 // execTxn runs the ops of the chosen path in order; each sees the ones before.
-func (s *Server) execTxn(ctx context.Context, v txnView, r *pb.TxnRequest, path []bool, resp *pb.TxnResponse) (int, error) {
+func execTxn(ctx context.Context, v WriteView, r *pb.TxnRequest, path []bool, resp *pb.TxnResponse) (int, error) {
 	ops := r.Success
 	if !path[0] {
 		ops = r.Failure
@@ -219,25 +149,25 @@ func (s *Server) execTxn(ctx context.Context, v txnView, r *pb.TxnRequest, path 
 		out := resp.Responses[i].Response
 		switch o := op.Request.(type) {
 		case *pb.RequestOp_RequestRange:
-			rr, err := doRange(ctx, v, o.RequestRange)
+			rr, err := Range(ctx, v, o.RequestRange)
 			if err != nil {
 				return 0, fmt.Errorf("txn range: %w", err)
 			}
 			out.(*pb.ResponseOp_ResponseRange).ResponseRange = rr
 		case *pb.RequestOp_RequestPut:
-			pr, err := doPut(ctx, v, o.RequestPut)
+			pr, err := put(ctx, v, o.RequestPut)
 			if err != nil {
 				return 0, fmt.Errorf("txn put: %w", err)
 			}
 			out.(*pb.ResponseOp_ResponsePut).ResponsePut = pr
 		case *pb.RequestOp_RequestDeleteRange:
-			dr, err := doDelete(ctx, v, o.RequestDeleteRange)
+			dr, err := DeleteRange(ctx, v, o.RequestDeleteRange)
 			if err != nil {
 				return 0, fmt.Errorf("txn delete: %w", err)
 			}
 			out.(*pb.ResponseOp_ResponseDeleteRange).ResponseDeleteRange = dr
 		case *pb.RequestOp_RequestTxn:
-			n, err := s.execTxn(ctx, v, o.RequestTxn, path[1:], out.(*pb.ResponseOp_ResponseTxn).ResponseTxn)
+			n, err := execTxn(ctx, v, o.RequestTxn, path[1:], out.(*pb.ResponseOp_ResponseTxn).ResponseTxn)
 			if err != nil {
 				return 0, err
 			}

@@ -1,4 +1,4 @@
-package server
+package txn
 
 import (
 	"context"
@@ -8,9 +8,9 @@ import (
 	"github.com/shimd/shimd/sqllog"
 )
 
-// doDelete deletes the keys in the request's range on v, returning them
+// DeleteRange deletes the keys in the request's range on v, returning them
 // first when prev_kv asks.
-func doDelete(ctx context.Context, v txnView, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+func DeleteRange(ctx context.Context, v WriteView, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
 	resp := &pb.DeleteRangeResponse{Header: &pb.ResponseHeader{}}
 	end := gteRange(r.RangeEnd)
 	if r.PrevKv {
