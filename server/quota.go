@@ -28,7 +28,7 @@ const (
 // deletes and compaction succeed (the apply layer, package txn, refuses the
 // rest), until an operator disarms it.
 type quota struct {
-	log      *sqllog.Log
+	log      quotaLog
 	lg       *slog.Logger
 	memberID uint64 // the member that raises the alarm
 	bytes    int64
@@ -37,7 +37,14 @@ type quota struct {
 	size atomic.Int64
 }
 
-func newQuota(log *sqllog.Log, lg *slog.Logger, memberID uint64, bytes int64) *quota {
+// quotaLog is what the quota needs of the log: the database's size, and the
+// alarm table.
+type quotaLog interface {
+	Size(ctx context.Context) (size, inUse int64, err error)
+	SetAlarm(ctx context.Context, a sqllog.Alarm, active bool) (bool, error)
+}
+
+func newQuota(log quotaLog, lg *slog.Logger, memberID uint64, bytes int64) *quota {
 	if bytes <= 0 {
 		bytes = DefaultQuotaBytes
 	}

@@ -14,13 +14,24 @@ import (
 	"github.com/shimd/shimd/sqllog"
 )
 
+// Log is what the apply layer needs of the revision log (a *sqllog.Log).
+type Log interface {
+	// View is a linearizable read view, SerializableView a local one.
+	View(ctx context.Context) (sqllog.ReadView, error)
+	SerializableView() sqllog.ReadView
+	// Write runs fn in the log's writer and returns once it is durable.
+	Write(ctx context.Context, fn func(tw *sqllog.TxnWrite) error) error
+	Compact(ctx context.Context, rev int64) (<-chan struct{}, error)
+	Alarms() []sqllog.Alarm
+}
+
 // Applier applies requests to a log: reads on a view of it, writes as
 // functions run by its writer, each behind the alarm gate. Errors are the
 // log's, this package's, or etcd's gRPC errors; the caller translates.
-type Applier struct{ log *sqllog.Log }
+type Applier struct{ log Log }
 
 // NewApplier returns an Applier for log.
-func NewApplier(log *sqllog.Log) *Applier { return &Applier{log: log} }
+func NewApplier(log Log) *Applier { return &Applier{log: log} }
 
 // Range reads at the current revision, linearizably unless r asks for a
 // serializable read.
