@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -297,6 +298,31 @@ func (c *sc) Range(r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	c.t.Helper()
 	resp, err := c.do("Range "+oneLine(r), func(ctx context.Context, s *server) (any, error) { return s.kv.Range(ctx, r) })
 	out, _ := resp.(*pb.RangeResponse)
+	return out, err
+}
+
+// RangeStream compares the whole stream, chunk by chunk.
+func (c *sc) RangeStream(r *pb.RangeRequest) ([]*pb.RangeResponse, error) {
+	c.t.Helper()
+	resp, err := c.do("RangeStream "+oneLine(r), func(ctx context.Context, s *server) (any, error) {
+		st, err := s.kv.RangeStream(ctx, r)
+		if err != nil {
+			return nil, err
+		}
+		var chunks []*pb.RangeResponse
+		for {
+			m, err := st.Recv()
+			if err == io.EOF {
+				return chunks, nil
+			}
+			if err != nil {
+				// Chunks already received are part of the outcome.
+				return chunks, err
+			}
+			chunks = append(chunks, m.RangeResponse)
+		}
+	})
+	out, _ := resp.([]*pb.RangeResponse)
 	return out, err
 }
 

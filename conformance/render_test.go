@@ -7,16 +7,11 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/google/go-cmp/cmp"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/testing/protocmp"
 )
-
-// gogoMsg is what etcd's generated (gogo protobuf) messages implement.
-type gogoMsg interface {
-	Marshal() ([]byte, error)
-	Unmarshal([]byte) error
-}
 
 // normalize converts clientv3 response types to their wire messages, deep
 // copies them through the wire encoding (so nil and empty compare equal, as
@@ -36,20 +31,26 @@ func normalize(v any) any {
 		v = (*pb.TxnResponse)(r)
 	case *clientv3.CompactResponse:
 		v = (*pb.CompactionResponse)(r)
+	case []*pb.RangeResponse: // a RangeStream's chunks
+		out := make([]any, len(r))
+		for i, m := range r {
+			out[i] = normalize(m)
+		}
+		return out
 	}
-	m, ok := v.(gogoMsg)
+	m, ok := v.(proto.Message)
 	if !ok {
 		return v
 	}
 	if reflect.ValueOf(m).IsNil() {
 		return v
 	}
-	b, err := m.Marshal()
+	b, err := proto.Marshal(m)
 	if err != nil {
 		return fmt.Sprintf("<marshal error: %v>", err)
 	}
-	cp := reflect.New(reflect.TypeOf(m).Elem()).Interface().(gogoMsg)
-	if err := cp.Unmarshal(b); err != nil {
+	cp := m.ProtoReflect().New().Interface()
+	if err := proto.Unmarshal(b, cp); err != nil {
 		return fmt.Sprintf("<unmarshal error: %v>", err)
 	}
 	clearHeaders(reflect.ValueOf(cp))
@@ -87,11 +88,9 @@ func clearHeaders(v reflect.Value) {
 	}
 }
 
-// ignoreXXX skips gogo's bookkeeping fields (size cache, unknown fields).
-var ignoreXXX = cmp.FilterPath(func(p cmp.Path) bool {
-	sf, ok := p.Last().(cmp.StructField)
-	return ok && strings.HasPrefix(sf.Name(), "XXX_")
-}, cmp.Ignore())
+// ignoreXXX compares messages by their fields, not their bookkeeping
+// (size cache, unknown fields, internal state).
+var ignoreXXX = protocmp.Transform()
 
 // render prints a message as one field per line; short sub-messages (e.g. a
 // KeyValue) stay on one line. Zero fields are omitted, bytes are Go-quoted.

@@ -15,6 +15,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 )
 
 // Watch streams are compared differently from unary calls: responses arrive
@@ -159,8 +160,7 @@ func openClientWatch(ctx context.Context, cli *clientv3.Client, key string, opts
 var errClientChanClosed = errors.New("clientv3 watch channel closed")
 
 func fromClientResp(wr clientv3.WatchResponse) *pb.WatchResponse {
-	h := wr.Header
-	r := &pb.WatchResponse{Header: &h, CompactRevision: wr.CompactRevision, Canceled: wr.Canceled, Created: wr.Created}
+	r := &pb.WatchResponse{Header: wr.Header, CompactRevision: wr.CompactRevision, Canceled: wr.Canceled, Created: wr.Created}
 	for _, e := range wr.Events {
 		r.Events = append(r.Events, (*mvccpb.Event)(e))
 	}
@@ -573,9 +573,9 @@ func groupedView(seg []*pb.WatchResponse, flat bool) []string {
 
 // respLine renders a response without its events.
 func respLine(r *pb.WatchResponse) string {
-	cp := *r
+	cp := proto.Clone(r).(*pb.WatchResponse)
 	cp.Events = nil
-	s := oneLine(&cp)
+	s := oneLine(cp)
 	switch {
 	case len(r.Events) > 0:
 		s += fmt.Sprintf(" (%d events)", len(r.Events))

@@ -192,7 +192,7 @@ func (s *Server) HTTPHandler(metrics http.Handler) http.Handler {
 	mux := s.healthMux(metrics)
 	mux.HandleFunc("/version", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(map[string]string{"etcdserver": Version, "etcdcluster": strings.Join(strings.Split(Version, ".")[:2], ".") + ".0"})
+		json.NewEncoder(w).Encode(map[string]string{"etcdserver": Version, "etcdcluster": strings.Join(strings.Split(Version, ".")[:2], ".") + ".0", "storage": storageVersion})
 	})
 	return mux
 }

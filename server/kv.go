@@ -27,6 +27,21 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 	return resp, nil
 }
 
+// RangeStream is etcd 3.7's range in chunks (see txn.RangeStream), sized
+// by --max-request-bytes; the last chunk carries the header.
+func (k *kvServer) RangeStream(r *pb.RangeRequest, rs pb.KV_RangeStreamServer) error {
+	if err := checkRangeStream(r); err != nil {
+		return err
+	}
+	err := k.s.apply.RangeStream(rs.Context(), r, int(k.s.cfg.MaxRequestBytes), func(resp *pb.RangeResponse) error {
+		if resp.Header != nil {
+			k.s.fill(resp.Header)
+		}
+		return rs.Send(&pb.RangeStreamResponse{RangeResponse: resp})
+	})
+	return toGRPC(err)
+}
+
 func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
 	if err := checkPut(r); err != nil {
 		return nil, err

@@ -16,10 +16,10 @@ import (
 // Version is the etcd version shimd reports: the one whose API it
 // implements, so that clients (kube-apiserver's feature detection among
 // them) enable what shimd supports.
-const Version = "3.6.16"
+const Version = "3.7.3"
 
 // storageVersion is etcd's storage version for that release.
-const storageVersion = "3.6.0"
+const storageVersion = "3.7.0"
 
 // maintenanceServer is etcd's Maintenance service.
 type maintenanceServer struct {

@@ -1,6 +1,9 @@
 package server
 
-import pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+import (
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/protobuf/proto"
+)
 
 // raftHeaderID stands in for the request id etcd's raft layer adds to every
 // write before checking its size; its varint is as long as a real one.
@@ -10,7 +13,7 @@ const raftHeaderID = 1<<63 | 1
 // does: to the request as etcd would propose it through raft.
 func checkSize(req *pb.InternalRaftRequest, limit int) error {
 	req.Header = &pb.RequestHeader{ID: raftHeaderID}
-	if req.Size() > limit {
+	if proto.Size(req) > limit {
 		return errRequestTooLarge
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/shimd/shimd/sqllog"
 )
@@ -191,9 +192,9 @@ func (sws *watchStream) create(c *pb.WatchCreateRequest) bool {
 	for _, f := range c.Filters {
 		switch f {
 		case pb.WatchCreateRequest_NOPUT:
-			filters = append(filters, func(ev mvccpb.Event) bool { return ev.Type == mvccpb.PUT })
+			filters = append(filters, func(ev *mvccpb.Event) bool { return ev.Type == mvccpb.PUT })
 		case pb.WatchCreateRequest_NODELETE:
-			filters = append(filters, func(ev mvccpb.Event) bool { return ev.Type == mvccpb.DELETE })
+			filters = append(filters, func(ev *mvccpb.Event) bool { return ev.Type == mvccpb.DELETE })
 		}
 	}
 	// The watcher's options are in place before the send loop can turn its
@@ -335,9 +336,11 @@ func (sws *watchStream) response(wresp sqllog.WatchResponse) (*pb.WatchResponse,
 		return nil, nil
 	}
 	events := make([]*mvccpb.Event, len(wresp.Events))
-	for i := range wresp.Events {
-		ev := wresp.Events[i]
+	for i, ev := range wresp.Events {
 		if needPrev && !(ev.Type == mvccpb.PUT && ev.Kv.CreateRevision == ev.Kv.ModRevision) {
+			// Events are shared by every watcher of the revision: this
+			// watcher's prev_kv goes on its own copy.
+			ev = &mvccpb.Event{Type: ev.Type, Kv: ev.Kv}
 			var kv *mvccpb.KeyValue
 			var err error
 			for attempt := 0; attempt < prevKVAttempts; attempt++ {
@@ -353,7 +356,7 @@ func (sws *watchStream) response(wresp sqllog.WatchResponse) (*pb.WatchResponse,
 				return nil, toGRPC(err)
 			}
 		}
-		events[i] = &ev
+		events[i] = ev
 	}
 	return &pb.WatchResponse{
 		Header:          sws.header(wresp.Revision),
@@ -392,19 +395,21 @@ func (sws *watchStream) send(id int64, wr *pb.WatchResponse) bool {
 // sendFragments splits a response whose events exceed limit into several,
 // each with at least one event, all but the last marked as fragments.
 func sendFragments(wr *pb.WatchResponse, limit int, send func(*pb.WatchResponse) error) error {
-	if wr.Size() < limit || len(wr.Events) < 2 {
+	if proto.Size(wr) < limit || len(wr.Events) < 2 {
 		return send(wr)
 	}
-	base := *wr
-	base.Events = nil
-	base.Fragment = true
+	// Each fragment is a new message with the response's fields, as etcd's.
+	fragment := func() *pb.WatchResponse {
+		return &pb.WatchResponse{Header: wr.Header, WatchId: wr.WatchId, Created: wr.Created, Canceled: wr.Canceled,
+			CompactRevision: wr.CompactRevision, CancelReason: wr.CancelReason, Fragment: true}
+	}
 	idx := 0
 	for {
-		cur := base
+		cur := fragment()
 		cur.Events = make([]*mvccpb.Event, 0, len(wr.Events)-idx)
 		for _, ev := range wr.Events[idx:] {
 			cur.Events = append(cur.Events, ev)
-			if len(cur.Events) > 1 && cur.Size() >= limit {
+			if len(cur.Events) > 1 && proto.Size(cur) >= limit {
 				cur.Events = cur.Events[:len(cur.Events)-1]
 				break
 			}
@@ -413,7 +418,7 @@ func sendFragments(wr *pb.WatchResponse, limit int, send func(*pb.WatchResponse)
 		if idx == len(wr.Events) {
 			cur.Fragment = false
 		}
-		if err := send(&cur); err != nil {
+		if err := send(cur); err != nil {
 			return err
 		}
 		if !cur.Fragment {

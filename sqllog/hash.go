@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
 )
 
 // KVHash is the answer of HashKV.
@@ -112,12 +113,12 @@ func (mt *maintenance) hashKV(ctx context.Context, rev, compactRev int64) (KVHas
 		revBytes[8] = '_'
 		binary.BigEndian.PutUint64(revBytes[9:17], uint64(sub))
 		k := revBytes[:]
-		stored := kv
+		stored := &kv
 		if deleted {
 			k = append(k, 't')
-			stored = mvccpb.KeyValue{Key: kv.Key}
+			stored = &mvccpb.KeyValue{Key: kv.Key}
 		}
-		v, err := stored.Marshal()
+		v, err := proto.Marshal(stored)
 		if err != nil {
 			return KVHash{}, err
 		}

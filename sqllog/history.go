@@ -19,7 +19,7 @@ const (
 // history returns the events of revisions from..to, whole revisions only,
 // and the last revision it covers (which may be less than to when the range
 // is large).
-func (h *hub) history(from, to int64) ([]mvccpb.Event, int64, error) {
+func (h *hub) history(from, to int64) ([]*mvccpb.Event, int64, error) {
 	if evs, ok := h.cache.get(from, to); ok {
 		return evs, to, nil
 	}
@@ -37,11 +37,11 @@ type eventCache struct {
 
 type cachedRev struct {
 	rev   int64
-	evs   []mvccpb.Event
+	evs   []*mvccpb.Event
 	bytes int
 }
 
-func (c *eventCache) add(rev int64, evs []mvccpb.Event) {
+func (c *eventCache) add(rev int64, evs []*mvccpb.Event) {
 	if c.floor == 0 {
 		c.floor = rev
 	}
@@ -66,11 +66,11 @@ func (c *eventCache) add(rev int64, evs []mvccpb.Event) {
 
 // get returns the cached events of revisions from..to if the cache holds
 // all of them.
-func (c *eventCache) get(from, to int64) ([]mvccpb.Event, bool) {
+func (c *eventCache) get(from, to int64) ([]*mvccpb.Event, bool) {
 	if c.floor == 0 || from < c.floor {
 		return nil, false
 	}
-	var evs []mvccpb.Event
+	var evs []*mvccpb.Event
 	for _, r := range c.revs {
 		if r.rev >= from && r.rev <= to {
 			evs = append(evs, r.evs...)

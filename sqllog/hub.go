@@ -143,7 +143,7 @@ func (h *hub) jump(rev int64) {
 func (h *hub) notifyChanges(changes []Change) {
 	for i := 0; i < len(changes); {
 		rev := changes[i].e.rev
-		var evs []mvccpb.Event
+		var evs []*mvccpb.Event
 		for ; i < len(changes) && changes[i].e.rev == rev; i++ {
 			c := changes[i]
 			evs = append(evs, event(&mvccpb.KeyValue{Key: c.Key, Value: c.Value, CreateRevision: c.e.create, ModRevision: c.e.rev, Version: c.e.version, Lease: c.e.lease}, c.e.tombstone()))
@@ -153,7 +153,7 @@ func (h *hub) notifyChanges(changes []Change) {
 }
 
 // notify fans out the events of revision rev, committed in order.
-func (h *hub) notify(rev int64, evs []mvccpb.Event) {
+func (h *hub) notify(rev int64, evs []*mvccpb.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.cache.add(rev, evs)
@@ -161,7 +161,7 @@ func (h *hub) notify(rev int64, evs []mvccpb.Event) {
 	if h.synced.size == 0 {
 		return
 	}
-	batches := make(map[*watcher][]mvccpb.Event)
+	batches := make(map[*watcher][]*mvccpb.Event)
 	for _, ev := range evs {
 		h.synced.each(ev.Kv.Key, func(w *watcher) {
 			if w.minRev <= rev {
@@ -273,7 +273,7 @@ func (h *hub) syncWatchers() int {
 		if _, still := h.unsynced[w]; !still || w.minRev != from[w] {
 			continue
 		}
-		batch, revs, next, last := []mvccpb.Event(nil), 0, int64(0), int64(0)
+		batch, revs, next, last := []*mvccpb.Event(nil), 0, int64(0), int64(0)
 		for _, ev := range evs {
 			r := ev.Kv.ModRevision
 			if r < w.minRev || !w.contains(ev.Kv.Key) {

@@ -16,6 +16,9 @@ type RangeOptions struct {
 	Count bool
 	// KeysOnly skips reading values from the database.
 	KeysOnly bool
+	// NoTotal stops at Limit: Count is then only the keys returned, and a
+	// range in chunks costs what its chunk does, not what the rest holds.
+	NoTotal bool
 }
 
 // RangeResult is the answer of a Range. Rev is the view's current revision,
@@ -84,7 +87,7 @@ type hit struct {
 }
 
 // lookup walks the index for the keys live at rev in [key, end).
-func (r *reader) lookup(key, end []byte, rev, limit int64, countOnly bool) ([]hit, int64, error) {
+func (r *reader) lookup(key, end []byte, rev, limit int64, countOnly, noTotal bool) ([]hit, int64, error) {
 	s := r.s
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -94,6 +97,9 @@ func (r *reader) lookup(key, end []byte, rev, limit int64, countOnly bool) ([]hi
 	var hits []hit
 	var count int64
 	s.idx.ascend(key, end, func(ki *keyIndex) bool {
+		if noTotal && limit > 0 && int64(len(hits)) >= limit {
+			return false
+		}
 		e, live := ki.at(rev)
 		if !live {
 			return true
@@ -117,7 +123,7 @@ func (r *reader) rangeKeys(ctx context.Context, key, end []byte, curRev int64, r
 	if rev <= 0 {
 		rev = curRev
 	}
-	hits, count, err := r.lookup(key, end, rev, ro.Limit, ro.Count)
+	hits, count, err := r.lookup(key, end, rev, ro.Limit, ro.Count, ro.NoTotal && !ro.Count)
 	if err != nil {
 		return &RangeResult{Count: -1}, err
 	}

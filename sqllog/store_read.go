@@ -142,7 +142,7 @@ func (e *compactedError) Error() string {
 // rows at or above the compact revision are never deleted, so the events are
 // complete, or it fails with a *compactedError when that is above from (some
 // of the rows may be gone, whether or not this process knows yet).
-func (st *store) readEvents(ctx context.Context, from, to int64, limit, maxBytes int) ([]mvccpb.Event, int64, error) {
+func (st *store) readEvents(ctx context.Context, from, to int64, limit, maxBytes int) ([]*mvccpb.Event, int64, error) {
 	tx, err := st.be.Dialect.BeginSnapshot(ctx, st.be.Read)
 	if err != nil {
 		return nil, 0, err
@@ -162,7 +162,7 @@ func (st *store) readEvents(ctx context.Context, from, to int64, limit, maxBytes
 	return evs, upTo, tx.Commit()
 }
 
-func (st *store) readEventsIn(ctx context.Context, q queryer, from, to int64, limit, maxBytes int) ([]mvccpb.Event, int64, error) {
+func (st *store) readEventsIn(ctx context.Context, q queryer, from, to int64, limit, maxBytes int) ([]*mvccpb.Event, int64, error) {
 	// Ordered as the (rev, id) index is (the same order as id's), so the
 	// LIMIT stops the scan: by id alone, SQLite sorts every row of the range,
 	// values included, before the first is returned.
@@ -171,7 +171,7 @@ func (st *store) readEventsIn(ctx context.Context, q queryer, from, to int64, li
 		return nil, 0, err
 	}
 	defer rows.Close()
-	var evs []mvccpb.Event
+	var evs []*mvccpb.Event
 	size, full := 0, false
 	for rows.Next() {
 		var kv mvccpb.KeyValue
@@ -209,11 +209,11 @@ func (st *store) readEventsIn(ctx context.Context, q queryer, from, to int64, li
 
 // event builds a watch event from a log row; a delete carries only the key
 // and revision, as etcd's do.
-func event(kv *mvccpb.KeyValue, deleted bool) mvccpb.Event {
+func event(kv *mvccpb.KeyValue, deleted bool) *mvccpb.Event {
 	if deleted {
-		return mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: kv.Key, ModRevision: kv.ModRevision}}
+		return &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: kv.Key, ModRevision: kv.ModRevision}}
 	}
-	return mvccpb.Event{Type: mvccpb.PUT, Kv: kv}
+	return &mvccpb.Event{Type: mvccpb.PUT, Kv: kv}
 }
 
 // deleteRows deletes the rows ids, in one statement.

@@ -37,13 +37,13 @@ type WatchResponse struct {
 	// response of a canceled watcher may still be on its way when a new
 	// watcher reuses the id.
 	Seq             uint64
-	Events          []mvccpb.Event
+	Events          []*mvccpb.Event
 	Revision        int64
 	CompactRevision int64
 }
 
 // FilterFunc reports whether an event is to be left out.
-type FilterFunc func(ev mvccpb.Event) bool
+type FilterFunc func(ev *mvccpb.Event) bool
 
 type watcher struct {
 	key, end []byte
@@ -84,7 +84,7 @@ func (w *watcher) send(wr WatchResponse) bool {
 	wr.Seq = w.seq
 	progress := len(wr.Events) == 0
 	if len(w.filters) != 0 {
-		kept := make([]mvccpb.Event, 0, len(wr.Events))
+		kept := make([]*mvccpb.Event, 0, len(wr.Events))
 		for _, ev := range wr.Events {
 			drop := false
 			for _, f := range w.filters {

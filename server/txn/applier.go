@@ -36,16 +36,29 @@ func NewApplier(log Log) *Applier { return &Applier{log: log} }
 // Range reads at the current revision, linearizably unless r asks for a
 // serializable read.
 func (a *Applier) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
-	var v sqllog.ReadView
-	if r.Serializable {
-		v = a.log.SerializableView()
-	} else {
-		var err error
-		if v, err = a.log.View(ctx); err != nil {
-			return nil, err
-		}
+	v, err := a.view(ctx, r.Serializable)
+	if err != nil {
+		return nil, err
 	}
 	return Range(ctx, v, r)
+}
+
+// RangeStream answers r in chunks of about chunkBytes on one view, read as
+// Range reads; see RangeStream.
+func (a *Applier) RangeStream(ctx context.Context, r *pb.RangeRequest, chunkBytes int, send func(*pb.RangeResponse) error) error {
+	v, err := a.view(ctx, r.Serializable)
+	if err != nil {
+		return err
+	}
+	return RangeStream(ctx, v, r, chunkBytes, send)
+}
+
+// view is a linearizable read view, or a serializable one.
+func (a *Applier) view(ctx context.Context, serializable bool) (sqllog.ReadView, error) {
+	if serializable {
+		return a.log.SerializableView(), nil
+	}
+	return a.log.View(ctx)
 }
 
 // Put applies r in the writer; see Put.

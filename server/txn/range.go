@@ -25,6 +25,13 @@ func gteRange(end []byte) []byte {
 // is Go's sort.Sort over the key-ordered result (so ties come out exactly as
 // etcd's do), and the limit applies last.
 func Range(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	return rangeKVs(ctx, v, r, true)
+}
+
+// rangeKVs is Range; without withTotal, Count is only what the limit lets
+// through (plus the one that tells there are more), as etcd's ranges for
+// RangeStream, so that a chunk costs what it returns.
+func rangeKVs(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest, withTotal bool) (*pb.RangeResponse, error) {
 	filtered := r.SortOrder != pb.RangeRequest_NONE ||
 		r.MinModRevision != 0 || r.MaxModRevision != 0 ||
 		r.MinCreateRevision != 0 || r.MaxCreateRevision != 0
@@ -40,6 +47,7 @@ func Range(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest) (*pb.Rang
 		Rev:      r.Revision,
 		Count:    r.CountOnly,
 		KeysOnly: r.KeysOnly && r.SortTarget != pb.RangeRequest_VALUE,
+		NoTotal:  !withTotal,
 	})
 	if err != nil {
 		return nil, err
@@ -75,8 +83,13 @@ func Range(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest) (*pb.Rang
 		resp.More = true
 	}
 	if r.KeysOnly {
+		// As etcd 3.7, which answers keys_only from its index: no value,
+		// and no lease unless the values were read to sort by them.
 		for _, kv := range kvs {
 			kv.Value = nil
+			if r.SortTarget != pb.RangeRequest_VALUE {
+				kv.Lease = 0
+			}
 		}
 	}
 	resp.Kvs = kvs

@@ -1,0 +1,92 @@
+package txn
+
+import (
+	"bytes"
+	"context"
+	"math"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shimd/shimd/sqllog"
+)
+
+// RangeStream answers r in chunks, as etcd 3.7's KV.RangeStream: every
+// chunk is a range of the view at one revision (the view's, or r's), read
+// with a limit that starts at 10 and doubles or halves to bring each chunk
+// near chunkBytes (etcd's --max-request-bytes). Only the last chunk carries
+// the header (its revision: the view's), more and count, which is the
+// whole range's as for Range. count_only is one message. Memory is one
+// chunk's, whatever the size of the range. r is not modified.
+func RangeStream(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest, chunkBytes int, send func(*pb.RangeResponse) error) error {
+	r = proto.Clone(r).(*pb.RangeRequest)
+	if r.CountOnly {
+		resp, err := Range(ctx, v, r)
+		if err != nil {
+			return err
+		}
+		return send(&pb.RangeResponse{Header: &pb.ResponseHeader{Revision: resp.Header.Revision}, Count: resp.Count})
+	}
+	total := r.Limit
+	if total == 0 {
+		total = math.MaxInt64
+	}
+	// A negative limit is no limit to Range: one chunk, as etcd's.
+	r.Limit = min(initialChunkLimit, total)
+	var count, headerRev int64
+	for {
+		resp, err := rangeKVs(ctx, v, r, false)
+		if err != nil {
+			return err
+		}
+		if headerRev == 0 {
+			headerRev = resp.Header.Revision
+			if r.Revision == 0 {
+				r.Revision = headerRev // later chunks read what the first did
+			}
+		}
+		count += int64(len(resp.Kvs))
+		var next []byte
+		if resp.More {
+			next = append(bytes.Clone(resp.Kvs[len(resp.Kvs)-1].Key), 0)
+		}
+		out := &pb.RangeResponse{Kvs: resp.Kvs}
+		done := !resp.More || count == total
+		if done {
+			out.Header = &pb.ResponseHeader{Revision: headerRev}
+			out.More = resp.More
+			out.Count = count
+			if resp.More {
+				rest, err := Range(ctx, v, &pb.RangeRequest{Key: next, RangeEnd: r.RangeEnd, Revision: r.Revision, CountOnly: true})
+				if err != nil {
+					return err
+				}
+				out.Count += rest.Count
+			}
+		}
+		if err := send(out); err != nil {
+			return err
+		}
+		if done {
+			return nil
+		}
+		r.Key = next
+		r.Limit = min(nextChunkLimit(r.Limit, proto.Size(resp), chunkBytes), total-count)
+	}
+}
+
+// initialChunkLimit is the first chunk's limit, as etcd's.
+const initialChunkLimit = 10
+
+// nextChunkLimit doubles the limit after a chunk under half of target bytes
+// and halves it after one over twice target, never below 1 (a limit of 0
+// would be none), as etcd does.
+func nextChunkLimit(limit int64, size, target int) int64 {
+	switch {
+	case size < target/2:
+		limit *= 2
+	case size > target*2:
+		limit /= 2
+	}
+	return max(limit, 1)
+}
