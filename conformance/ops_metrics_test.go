@@ -15,7 +15,7 @@ import (
 
 // TestOpsMetrics checks /metrics after a known sequence of requests, on
 // every backend, against shimd's own Status and against what an embedded
-// etcd 3.6 reports for the same sequence.
+// etcd 3.7 reports for the same sequence.
 //
 // The sequence is chosen so that etcd's counters are unambiguous: etcd's mvcc
 // layer also counts the reads a request makes internally (a txn compare is a
@@ -108,6 +108,15 @@ func TestOpsMetrics(t *testing.T) {
 					}
 				}
 			}
+			// etcd 3.7's request timings, by request type; the refused put is
+			// refused before it is timed.
+			for typ, n := range rpcs {
+				const name = "etcd_server_request_duration_seconds_count"
+				labels := []string{"type", typ, "success", "true"}
+				if got, etcd := sAfter.sum(name, labels...)-sBefore.sum(name, labels...), eAfter.sum(name, labels...)-eBefore.sum(name, labels...); got != n || etcd != n {
+					t.Errorf("%s{type=%q} rose by %v on shimd and %v on etcd, want %v", name, typ, got, etcd, n)
+				}
+			}
 			inval := []string{"grpc_service", "etcdserverpb.KV", "grpc_method", "Put", "grpc_code", "InvalidArgument"}
 			if got, etcd := sAfter.sum("grpc_server_handled_total", inval...)-sBefore.sum("grpc_server_handled_total", inval...),
 				eAfter.sum("grpc_server_handled_total", inval...)-eBefore.sum("grpc_server_handled_total", inval...); got != 1 || etcd != 1 {
@@ -182,6 +191,10 @@ func TestOpsMetrics(t *testing.T) {
 				t.Fatal(err)
 			}
 			<-wch
+			waitFor(t, 10*time.Second, "the watch send loop timed the event's response", func() (bool, string) {
+				got := mustScrape(t, clientURL+"/metrics")["etcd_debugging_server_watch_send_loop_watch_stream_duration_seconds_count"]
+				return got >= 1, fmt.Sprintf("etcd_debugging_server_watch_send_loop_watch_stream_duration_seconds_count = %v", got)
+			})
 			waitFor(t, 10*time.Second, "one watcher and one watch stream counted", func() (bool, string) {
 				g := mustScrape(t, clientURL+"/metrics")
 				return g["etcd_debugging_mvcc_watcher_total"] == 1 && g["etcd_debugging_mvcc_watch_stream_total"] == 1,
@@ -202,7 +215,8 @@ func TestOpsMetrics(t *testing.T) {
 				"etcd_debugging_mvcc_watcher_total", "etcd_debugging_mvcc_slow_watcher_total", "etcd_debugging_mvcc_events_total",
 				"etcd_disk_backend_commit_duration_seconds", "etcd_server_has_leader", "etcd_server_slow_apply_total",
 				"grpc_server_started_total", "grpc_server_handled_total", "grpc_server_msg_received_total", "grpc_server_msg_sent_total",
-				"grpc_server_handling_seconds",
+				"grpc_server_handling_seconds", "etcd_server_request_duration_seconds",
+				"etcd_debugging_server_watch_send_loop_watch_stream_duration_seconds", "etcd_debugging_server_watch_send_loop_control_stream_duration_seconds",
 				"shimd_sql_statement_duration_seconds", "shimd_log_write_batch_requests", "shimd_log_follower_lag_revisions",
 				"go_sql_open_connections", "go_sql_wait_count_total", "go_goroutines", "process_resident_memory_bytes",
 			}

@@ -4,12 +4,14 @@ import (
 	"context"
 	"io"
 	"os"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/shimd/shimd/server/txn"
 	"github.com/shimd/shimd/sqllog"
 )
 
@@ -61,7 +63,8 @@ func alarmMember(a sqllog.Alarm) *pb.AlarmMember {
 	return &pb.AlarmMember{MemberID: a.MemberID, Alarm: pb.AlarmType(a.Type)}
 }
 
-func (m *maintenanceServer) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse, error) {
+func (m *maintenanceServer) Alarm(ctx context.Context, r *pb.AlarmRequest) (_ *pb.AlarmResponse, err error) {
+	defer txn.ObserveWrite("Alarm", time.Now(), &err) // all of etcd's go through raft
 	resp := &pb.AlarmResponse{Header: &pb.ResponseHeader{}}
 	switch r.Action {
 	case pb.AlarmRequest_GET:

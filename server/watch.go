@@ -239,6 +239,7 @@ func (sws *watchStream) sendLoop() {
 			if !ok {
 				return
 			}
+			start := time.Now()
 			wr, err := sws.response(wresp)
 			if wr == nil && err == nil {
 				continue // a canceled watcher's, whose id may be in use again
@@ -259,10 +260,12 @@ func (sws *watchStream) sendLoop() {
 			if !sws.send(wresp.WatchID, wr) {
 				return
 			}
+			observeSend(start, len(wr.Events))
 		case m, ok := <-sws.ctrl:
 			if !ok {
 				return
 			}
+			start := time.Now()
 			c := m.wr
 			if err := sws.grpc.Send(c); err != nil {
 				return
@@ -287,7 +290,9 @@ func (sws *watchStream) sendLoop() {
 					heldProgress = nil
 				}
 			}
+			watchSendControlSec.Observe(time.Since(start).Seconds())
 		case <-ticker.C:
+			start := time.Now()
 			sws.mu.Lock()
 			for id, idle := range sws.prog {
 				if idle {
@@ -296,6 +301,7 @@ func (sws *watchStream) sendLoop() {
 				sws.prog[id] = true
 			}
 			sws.mu.Unlock()
+			watchSendProgressSec.Observe(time.Since(start).Seconds())
 		case <-sws.closec:
 			return
 		}

@@ -8,6 +8,7 @@ package txn
 
 import (
 	"context"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
@@ -35,7 +36,8 @@ func NewApplier(log Log) *Applier { return &Applier{log: log} }
 
 // Range reads at the current revision, linearizably unless r asks for a
 // serializable read.
-func (a *Applier) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+func (a *Applier) Range(ctx context.Context, r *pb.RangeRequest) (_ *pb.RangeResponse, err error) {
+	defer observeRead("Range", time.Now(), &err)
 	v, err := a.view(ctx, r.Serializable)
 	if err != nil {
 		return nil, err
@@ -62,31 +64,36 @@ func (a *Applier) view(ctx context.Context, serializable bool) (sqllog.ReadView,
 }
 
 // Put applies r in the writer; see Put.
-func (a *Applier) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
+func (a *Applier) Put(ctx context.Context, r *pb.PutRequest) (_ *pb.PutResponse, err error) {
+	defer ObserveWrite("Put", time.Now(), &err)
 	return write(ctx, a, gateOf(r), func(tw *sqllog.TxnWrite) (*pb.PutResponse, error) { return Put(ctx, tw, r) })
 }
 
 // DeleteRange applies r in the writer; see DeleteRange.
-func (a *Applier) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+func (a *Applier) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (_ *pb.DeleteRangeResponse, err error) {
+	defer ObserveWrite("DeleteRange", time.Now(), &err)
 	return write(ctx, a, gateOf(r), func(tw *sqllog.TxnWrite) (*pb.DeleteRangeResponse, error) { return DeleteRange(ctx, tw, r) })
 }
 
 // Txn runs a read-only txn on a view, never through the writer (and so
 // never refused by an alarm), and any other in the writer.
-func (a *Applier) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+func (a *Applier) Txn(ctx context.Context, r *pb.TxnRequest) (_ *pb.TxnResponse, err error) {
 	if IsReadOnly(r) {
+		defer observeRead("ReadonlyTxn", time.Now(), &err)
 		v, err := a.log.View(ctx)
 		if err != nil {
 			return nil, err
 		}
 		return Txn(ctx, ReadOnly(v), r)
 	}
+	defer ObserveWrite("Txn", time.Now(), &err)
 	return write(ctx, a, gateOf(r), func(tw *sqllog.TxnWrite) (*pb.TxnResponse, error) { return Txn(ctx, tw, r) })
 }
 
 // Compact compacts the log at r.Revision and, when r is physical, waits for
 // the rows to be gone.
-func (a *Applier) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+func (a *Applier) Compact(ctx context.Context, r *pb.CompactionRequest) (_ *pb.CompactionResponse, err error) {
+	defer ObserveWrite("Compaction", time.Now(), &err)
 	if err := a.admit(gateOf(r)); err != nil {
 		return nil, err
 	}
@@ -105,7 +112,8 @@ func (a *Applier) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.Com
 }
 
 // LeaseGrant grants r.ID (not 0) with r.TTL, already within etcd's bounds.
-func (a *Applier) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+func (a *Applier) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (_ *pb.LeaseGrantResponse, err error) {
+	defer ObserveWrite("LeaseGrant", time.Now(), &err)
 	rev, err := write(ctx, a, gateOf(r), func(tw *sqllog.TxnWrite) (int64, error) { return LeaseGrant(tw, r.ID, r.TTL) })
 	if err != nil {
 		return nil, err
@@ -114,7 +122,8 @@ func (a *Applier) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.
 }
 
 // LeaseRevoke revokes lease r.ID and deletes its keys.
-func (a *Applier) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+func (a *Applier) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (_ *pb.LeaseRevokeResponse, err error) {
+	defer ObserveWrite("LeaseRevoke", time.Now(), &err)
 	rev, err := write(ctx, a, gateOf(r), func(tw *sqllog.TxnWrite) (int64, error) { return LeaseRevoke(tw, r.ID) })
 	if err != nil {
 		return nil, err
@@ -124,7 +133,8 @@ func (a *Applier) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*p
 
 // RevokeExpired revokes lease id if it has expired: the lessor's own
 // revocation, which no alarm refuses.
-func (a *Applier) RevokeExpired(ctx context.Context, id int64) error {
-	_, err := write(ctx, a, open, func(tw *sqllog.TxnWrite) (struct{}, error) { return struct{}{}, RevokeExpired(ctx, tw, id) })
+func (a *Applier) RevokeExpired(ctx context.Context, id int64) (err error) {
+	defer ObserveWrite("LeaseRevoke", time.Now(), &err)
+	_, err = write(ctx, a, open, func(tw *sqllog.TxnWrite) (struct{}, error) { return struct{}{}, RevokeExpired(ctx, tw, id) })
 	return err
 }
