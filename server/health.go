@@ -192,7 +192,12 @@ func (s *Server) HTTPHandler(metrics http.Handler) http.Handler {
 	mux := s.healthMux(metrics)
 	mux.HandleFunc("/version", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(map[string]string{"etcdserver": Version, "etcdcluster": strings.Join(strings.Split(Version, ".")[:2], ".") + ".0", "storage": storageVersion})
+		// etcd's versions, in its field order.
+		json.NewEncoder(w).Encode(struct {
+			Server  string `json:"etcdserver"`
+			Cluster string `json:"etcdcluster"`
+			Storage string `json:"storage"`
+		}{Version, strings.Join(strings.Split(Version, ".")[:2], ".") + ".0", storageVersion})
 	})
 	return mux
 }
