@@ -99,6 +99,7 @@ func (cfg *config) steps() []step {
 		{"update", true, (*load).update},
 		{"get", true, (*load).get},
 		{"list", true, (*load).list},
+		{"stream", true, (*load).stream},
 		{"count", true, (*load).count},
 		{"watch", false, (*load).watch},
 		{"delete", true, (*load).delete},
@@ -209,6 +210,8 @@ func (l *load) summary(phase string) string {
 		return s
 	case "list", "count", "watch":
 		return fmt.Sprintf("p50 %.2f ms, p99 %.2f ms", m[phase+".p50"], m[phase+".p99"])
+	case "stream":
+		return fmt.Sprintf("p50 %.2f ms, p99 %.2f ms, RSS growth %.1f MiB", m["stream.p50"], m["stream.p99"], m["stream.rss"])
 	case "compact":
 		return fmt.Sprintf("compact %.0f ms, defrag %.0f ms, DbSize %.0f → %.0f B/key, files %.0f B/key", m["compact.ms"], m["defrag.ms"], m["disk.before"], m["disk.after"], m["files.after"])
 	}
@@ -403,6 +406,46 @@ func (l *load) list(ctx context.Context, name string, part, parts int) error {
 		if total != l.cfg.keys {
 			return fmt.Errorf("list returned %d keys, want %d", total, l.cfg.keys)
 		}
+	}
+	l.recordParts(name, lat, part, parts)
+	return nil
+}
+
+// stream: the full list as one RangeStream (etcd 3.7), --list-reps times;
+// the time of each, and the server's largest RSS growth above what it had
+// before the list, sampled every 5 ms. kine has no RangeStream.
+func (l *load) stream(ctx context.Context, name string, part, parts int) error {
+	if l.kine {
+		return fmt.Errorf("kine has no RangeStream")
+	}
+	cli := l.clis[0]
+	var lat []time.Duration
+	lo, hi := span(l.cfg.listReps, part, parts)
+	for rep := lo; rep < hi; rep++ {
+		before := rssKiB(l.pid)
+		stop := sampleRSS(l.pid)
+		t0 := time.Now()
+		octx, cancel := context.WithTimeout(ctx, l.cfg.opTimeout)
+		ch, err := cli.GetStream(octx, prefix, clientv3.WithPrefix())
+		total := 0
+		if err == nil {
+			for resp := range ch {
+				if err = resp.Err(); err != nil {
+					break
+				}
+				total += len(resp.Kvs)
+			}
+		}
+		cancel()
+		lat = append(lat, time.Since(t0))
+		growth := float64(stop()-before) / 1024
+		if err != nil {
+			return err
+		}
+		if total != l.cfg.keys {
+			return fmt.Errorf("RangeStream returned %d keys, want %d", total, l.cfg.keys)
+		}
+		l.m["stream.rss"] = max(l.m["stream.rss"], growth)
 	}
 	l.recordParts(name, lat, part, parts)
 	return nil

@@ -150,3 +150,43 @@ func metricFigures(m map[string]float64, phase string, d map[string]float64) {
 		}
 	}
 }
+
+// rssKiB is the process's resident set now (VmRSS), in KiB; 0 if unknown.
+func rssKiB(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// sampleRSS samples the process's RSS every 5 ms until the returned
+// function is called, which returns the largest sample (KiB).
+func sampleRSS(pid int) (stop func() int64) {
+	done := make(chan struct{})
+	peak := make(chan int64, 1)
+	go func() {
+		t := time.NewTicker(5 * time.Millisecond)
+		defer t.Stop()
+		hi := rssKiB(pid)
+		for {
+			select {
+			case <-done:
+				peak <- max(hi, rssKiB(pid))
+				return
+			case <-t.C:
+				hi = max(hi, rssKiB(pid))
+			}
+		}
+	}()
+	return func() int64 {
+		close(done)
+		return <-peak
+	}
+}

@@ -64,6 +64,9 @@ var rows = []row{
 	{"", "p99 ms", "get.p99", "ms", false},
 	{"list (full, paginated)", "p50 ms/list", "list.p50", "ms", false},
 	{"", "p99 ms/list", "list.p99", "ms", false},
+	{"list (RangeStream)", "p50 ms/list", "stream.p50", "ms", false},
+	{"", "p99 ms/list", "stream.p99", "ms", false},
+	{"", "RSS growth MiB", "stream.rss", "mib", false},
 	{"count", "p50 ms", "count.p50", "ms", false},
 	{"", "p99 ms", "count.p99", "ms", false},
 	{"watch (put→event)", "p50 ms", "watch.p50", "ms", false},
@@ -79,7 +82,7 @@ var rows = []row{
 	{"peak RSS", "MiB (VmHWM)", "rss", "mib", false},
 }
 
-var cpuPhases = []string{"create", "update", "get", "list", "count", "watch", "delete", "compact"}
+var cpuPhases = []string{"create", "update", "get", "list", "stream", "count", "watch", "delete", "compact"}
 
 // goal is one of the project's targets, on the median same-run ratio to etcd.
 type goal struct {
@@ -106,6 +109,7 @@ var goals = []goal{
 	{"sqlite", "get.ops", "get ops/s", false, 1.0, ""},
 	{"sqlite", "delete.ops", "delete ops/s", false, 1.0, ""},
 	{"sqlite", "list.p50", "full LIST time (p50)", true, 1.0, ""},
+	{"sqlite", "stream.p50", "RangeStream full list time (p50)", true, 1.0, ""},
 	{"sqlite", "count.p50", "count p50", true, 1.0, ""},
 	{"sqlite", "watch.p99", "watch p99", true, 1.0, ""},
 	{"sqlite", "rss", "peak RSS", true, 0.5, ""},
