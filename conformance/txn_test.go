@@ -341,6 +341,10 @@ func TestTxn(t *testing.T) {
 				Failure: ops(opPut(&pb.PutRequest{Key: b("t18/b"), Value: b("1"), Lease: 0x7fff0002})),
 			}))
 			c.ok(c.Get("t18/", withPrefix))
+			// etcd 3.7 checks the lease before ignore_value's key (3.6 did
+			// the opposite).
+			_, err = c.Txn(&pb.TxnRequest{Success: ops(opPut(&pb.PutRequest{Key: b("t18/absent"), IgnoreValue: true, Lease: 0x7fff0002}))})
+			c.wantErr(err, rpctypes.ErrGRPCLeaseNotFound)
 		})
 		s.run("future-revision-in-txn", func(c *sc) {
 			cur := c.mustPut("t19/a", "1")

@@ -17,9 +17,13 @@ func Put(ctx context.Context, v WriteView, p *pb.PutRequest) (*pb.PutResponse, e
 	return put(ctx, v, p)
 }
 
-// checkPutState checks a put against the state before it: ignore_value and
-// ignore_lease need the key to exist, and a lease must exist.
+// checkPutState checks a put against the state before it, in etcd 3.7's
+// order: a lease must exist, then ignore_value and ignore_lease need the key
+// to exist.
 func checkPutState(ctx context.Context, v WriteView, p *pb.PutRequest) error {
+	if p.Lease != 0 && !v.LeaseExists(p.Lease) {
+		return ErrLeaseNotFound
+	}
 	if p.IgnoreValue || p.IgnoreLease {
 		rr, err := v.Range(ctx, p.Key, nil, sqllog.RangeOptions{KeysOnly: true})
 		if err != nil {
@@ -28,9 +32,6 @@ func checkPutState(ctx context.Context, v WriteView, p *pb.PutRequest) error {
 		if len(rr.KVs) == 0 {
 			return ErrKeyNotFound
 		}
-	}
-	if p.Lease != 0 && !v.LeaseExists(p.Lease) {
-		return ErrLeaseNotFound
 	}
 	return nil
 }
