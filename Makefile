@@ -43,13 +43,15 @@ docker:
 clean:
 	rm -rf $(BIN)
 
-# A real kube-apiserver and kubectl (built once per Kubernetes version from the
-# Go module proxy into conformance/kube/.cache/bin) on shimd with SQLite (also
-# with --watch-cache=false), PostgreSQL, MariaDB, and on the reference etcd.
-# KUBE_BACKENDS=sqlite make kube runs one; see conformance/kube/README.md.
+# A real kube-apiserver and kubectl of each Kubernetes release in
+# conformance/kube/k8s (built once per version from the Go module proxy into
+# conformance/kube/.cache/bin/<version>) on shimd with SQLite (also with
+# --watch-cache=false and over mTLS), PostgreSQL, MariaDB, and on the
+# reference etcd. KUBE_VERSIONS=1.37 KUBE_BACKENDS=sqlite make kube runs one;
+# see conformance/kube/README.md.
 .PHONY: kube
 kube:
-	cd conformance/kube && $(GO) test -count=1 -timeout 75m -v -run TestKubeAPIServer .
+	cd conformance/kube && $(GO) test -count=1 -timeout 150m -v -run TestKubeAPIServer .
 
 # Every fuzz target of the server (request validation and application) and
 # of the revision log (ranges and key encoding against an in-memory model),

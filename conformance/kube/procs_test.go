@@ -233,7 +233,12 @@ func startAPIServer(bins *Binaries, pki *PKI, dir, etcdURL string, extra []strin
 	args := []string{
 		"--etcd-servers=" + etcdURL,
 		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
+		// Serve on loopback only, but advertise an address of TEST-NET-1
+		// (RFC 5737, never routed): the lease endpoint reconciler refuses a
+		// loopback one (1.37 does not start; 1.36 retried every 10s), and
+		// with this one it writes its master lease and the kubernetes
+		// Endpoints/EndpointSlice as in a cluster. Nothing dials it.
+		"--advertise-address=192.0.2.1",
 		fmt.Sprintf("--secure-port=%d", port),
 		"--cert-dir=" + filepath.Join(dir, "certs"),
 		"--tls-cert-file=" + pki.CertFile,

@@ -29,6 +29,7 @@ type scenario struct {
 	b       *Backend
 	h       *healthWatcher
 	bins    *Binaries
+	rel     Release
 	dir     string
 	noCache bool
 	start   time.Time
@@ -1053,4 +1054,44 @@ func (sc *scenario) finalChecks(t *testing.T) {
 	}
 	t.Logf("consistent reads from the watch cache: %.0f (%.0f fell back to etcd); progress-notify bookmarks from the backend: %.0f",
 		consistent, fallback, bookmarks)
+	sc.rangeStreamUsed(t, keep)
+}
+
+// rangeStreamUsed: from 1.37 on (feature gate EtcdRangeStream, beta, on by
+// default) kube-apiserver reads unfiltered recursive lists with etcd 3.7's
+// KV.RangeStream, and falls back to paginated Ranges (for 10 minutes, then
+// tries again) when the server answers Unimplemented. The storage layer's
+// list latency histogram is labelled streamed="true"/"false"; etcd requests
+// of operation "listStream" count those and the watches' initial syncs
+// (the watch caches' initial lists), which use RangeStream too.
+func (sc *scenario) rangeStreamUsed(t *testing.T, metrics []string) {
+	if sc.rel.Minor < 37 {
+		return
+	}
+	sum := func(prefix, label string) float64 {
+		n := 0.0
+		for _, l := range metrics {
+			if strings.HasPrefix(l, prefix+"{") && strings.Contains(l, label) {
+				if i := strings.LastIndexByte(l, ' '); i > 0 {
+					v, _ := strconv.ParseFloat(l[i+1:], 64)
+					n += v
+				}
+			}
+		}
+		return n
+	}
+	streamed := sum("apiserver_storage_list_duration_seconds_count", `streamed="true"`)
+	paged := sum("apiserver_storage_list_duration_seconds_count", `streamed="false"`)
+	requests := sum("etcd_requests_total", `operation="listStream"`)
+	errs := sum("etcd_request_errors_total", `operation="listStream"`)
+	t.Logf("storage lists: %.0f streamed (RangeStream), %.0f paginated Range; etcd_requests_total{operation=listStream} %.0f, errors %.0f",
+		streamed, paged, requests, errs)
+	if streamed == 0 {
+		t.Errorf("kube-apiserver %s made no list with RangeStream (apiserver_storage_list_duration_seconds_count{streamed=\"true\"} is 0)", sc.rel.Version)
+	}
+	for _, l := range metrics {
+		if strings.HasPrefix(l, "apiserver_storage_list_duration_seconds_count{") && strings.Contains(l, `streamed="true"`) {
+			t.Logf("metric %s", l)
+		}
+	}
 }

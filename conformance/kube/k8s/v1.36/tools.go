@@ -1,7 +1,7 @@
 //go:build tools
 
-// Package kube keeps the commands it builds in go.mod (go mod tidy).
-package kube
+// Package k8s keeps the commands the kube scenario builds in go.mod (go mod tidy).
+package k8s
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
