@@ -26,7 +26,7 @@ conformance:
 	cd conformance && $(GO) test -count=1 -timeout 30m ./...
 
 # In-process benchmarks of the hot paths, then the load generator against a
-# real etcd 3.6, shimd on SQLite, PostgreSQL and MariaDB, and kine on
+# real etcd 3.7, shimd on SQLite, PostgreSQL and MariaDB, and kine on
 # PostgreSQL, each a separate process (conformance/bench; flags:
 # make bench BENCH_FLAGS='--runs 3 --history 10').
 bench:

@@ -1,5 +1,5 @@
 // Command bench is shimd's performance benchmark: a Kubernetes-like load
-// generator run, back to back, against a real etcd 3.6, against shimd on
+// generator run, back to back, against a real etcd 3.7, against shimd on
 // SQLite, PostgreSQL and MariaDB, and against kine (github.com/k3s-io/kine,
 // the incumbent etcd shim) on the same databases, each server in its own
 // process (so that CPU time and peak RSS are the server's alone). It prints
@@ -155,7 +155,7 @@ func main() {
 	flag.StringVar(&cfg.shimdSrc, "shimd-src", "", "build shimd from this source tree (default: the repository, ..)")
 	flag.StringVar(&cfg.shimdRev, "shimd-rev", "", "build shimd from this git revision of the repository (git archive into a temp dir), e.g. HEAD to leave uncommitted changes out")
 	flag.StringVar(&shimdArgs, "shimd-args", "", "extra flags for every shimd, space-separated (e.g. --value-cache-size=0)")
-	flag.StringVar(&cfg.etcdBin, "etcd-bin", "", "etcd binary (default: build ./bench/etcd, etcd 3.6 of this module)")
+	flag.StringVar(&cfg.etcdBin, "etcd-bin", "", "etcd binary (default: build ./bench/etcd, etcd 3.7 of this module)")
 	flag.StringVar(&cfg.kineBin, "kine-bin", "", "kine binary for the kine-* targets (default: build "+kineModule+"@"+kineVersion+" from the module proxy in a temp dir)")
 	flag.StringVar(&cfg.workDir, "work-dir", "", "where data directories go (default: the system temp dir; must be a real disk, not tmpfs)")
 	flag.StringVar(&cfg.order, "order", "phase", "phase: all targets run at once and each phase runs on every target in turn, so that the same-run ratios compare phases a few seconds apart (fairer on a busy machine); target: one target after the other, each alone on the machine")
@@ -237,7 +237,7 @@ func run(cfg *config) error {
 
 	// Binaries.
 	if contains(cfg.targets, "etcd") && cfg.etcdBin == "" {
-		logf("building bench/etcd (etcd 3.6 server)")
+		logf("building bench/etcd (etcd 3.7 server)")
 		if cfg.etcdBin, err = harness.Build(confDir, "./bench/etcd", binDir, "etcd"); err != nil {
 			return err
 		}
