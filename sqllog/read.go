@@ -19,6 +19,9 @@ type RangeOptions struct {
 	// NoTotal stops at Limit: Count is then only the keys returned, and a
 	// range in chunks costs what its chunk does, not what the rest holds.
 	NoTotal bool
+	// NoCache leaves the values read out of the value cache: a read of a
+	// whole large range would only push the recent values out.
+	NoCache bool
 }
 
 // RangeResult is the answer of a Range. Rev is the view's current revision,
@@ -140,7 +143,7 @@ func (r *reader) rangeKeys(ctx context.Context, key, end []byte, curRev int64, r
 	if ro.KeysOnly {
 		return res, nil
 	}
-	if err := r.fillValues(ctx, hits, kvs, pending); err != nil {
+	if err := r.fillValues(ctx, hits, kvs, pending, !ro.NoCache); err != nil {
 		return nil, err
 	}
 	return res, nil
@@ -150,7 +153,7 @@ func (r *reader) rangeKeys(ctx context.Context, key, end []byte, curRev int64, r
 // database. A read of more than one chunk runs its chunks in parallel, on as
 // many connections: a large page's values arrive in the time of the slowest
 // chunk rather than of all of them.
-func (r *reader) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyValue, pending map[int64][]byte) error {
+func (r *reader) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyValue, pending map[int64][]byte, cache bool) error {
 	var want map[int64]int
 	var ids []int64
 	for i, h := range hits {
@@ -178,11 +181,11 @@ func (r *reader) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyVal
 		ids = ids[n:]
 	}
 	if len(chunks) == 1 {
-		return r.st.fetchValues(ctx, chunks[0], want, kvs)
+		return r.st.fetchValues(ctx, chunks[0], want, kvs, cache)
 	}
 	errs := make(chan error, len(chunks))
 	for _, chunk := range chunks {
-		go func() { errs <- r.st.fetchValues(ctx, chunk, want, kvs) }()
+		go func() { errs <- r.st.fetchValues(ctx, chunk, want, kvs, cache) }()
 	}
 	var err error
 	for range chunks {

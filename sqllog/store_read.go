@@ -18,9 +18,9 @@ import (
 const fetchChunk = 256
 
 // fetchValues reads the values of the row ids in chunk into kvs at the
-// places want gives, and caches them. Concurrent calls write distinct places
-// of kvs and only read want.
-func (st *store) fetchValues(ctx context.Context, chunk []int64, want map[int64]int, kvs []mvccpb.KeyValue) error {
+// places want gives, and caches them if cache is set. Concurrent calls write
+// distinct places of kvs and only read want.
+func (st *store) fetchValues(ctx context.Context, chunk []int64, want map[int64]int, kvs []mvccpb.KeyValue, cache bool) error {
 	size := sizeClass(len(chunk))
 	args := make([]any, size)
 	for i := range args {
@@ -52,7 +52,9 @@ func (st *store) fetchValues(ctx context.Context, chunk []int64, want map[int64]
 				v = []byte{}
 			}
 			kvs[i].Value = v
-			st.values.put(id, v)
+			if cache {
+				st.values.put(id, v)
+			}
 		}
 	}
 	rows.Close()

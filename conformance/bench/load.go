@@ -211,7 +211,7 @@ func (l *load) summary(phase string) string {
 	case "list", "count", "watch":
 		return fmt.Sprintf("p50 %.2f ms, p99 %.2f ms", m[phase+".p50"], m[phase+".p99"])
 	case "stream":
-		return fmt.Sprintf("p50 %.2f ms, p99 %.2f ms, RSS growth %.1f MiB", m["stream.p50"], m["stream.p99"], m["stream.rss"])
+		return fmt.Sprintf("p50 %.2f ms, p99 %.2f ms, RSS growth %.1f MiB", m["stream.p50"], m["stream.p99"], m["stream.rss"]/(1<<20))
 	case "compact":
 		return fmt.Sprintf("compact %.0f ms, defrag %.0f ms, DbSize %.0f → %.0f B/key, files %.0f B/key", m["compact.ms"], m["defrag.ms"], m["disk.before"], m["disk.after"], m["files.after"])
 	}
@@ -438,7 +438,7 @@ func (l *load) stream(ctx context.Context, name string, part, parts int) error {
 		}
 		cancel()
 		lat = append(lat, time.Since(t0))
-		growth := float64(stop()-before) / 1024
+		growth := float64(stop()-before) * 1024 // bytes
 		if err != nil {
 			return err
 		}

@@ -25,13 +25,14 @@ func gteRange(end []byte) []byte {
 // is Go's sort.Sort over the key-ordered result (so ties come out exactly as
 // etcd's do), and the limit applies last.
 func Range(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest) (*pb.RangeResponse, error) {
-	return rangeKVs(ctx, v, r, true)
+	return rangeKVs(ctx, v, r, false)
 }
 
-// rangeKVs is Range; without withTotal, Count is only what the limit lets
-// through (plus the one that tells there are more), as etcd's ranges for
-// RangeStream, so that a chunk costs what it returns.
-func rangeKVs(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest, withTotal bool) (*pb.RangeResponse, error) {
+// rangeKVs is Range; streaming, it is one chunk of a RangeStream: Count is
+// only what the limit lets through (plus the one that tells there are
+// more), as etcd's, so that a chunk costs what it returns, and the values
+// read stay out of the value cache.
+func rangeKVs(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest, streaming bool) (*pb.RangeResponse, error) {
 	filtered := r.SortOrder != pb.RangeRequest_NONE ||
 		r.MinModRevision != 0 || r.MaxModRevision != 0 ||
 		r.MinCreateRevision != 0 || r.MaxCreateRevision != 0
@@ -47,7 +48,8 @@ func rangeKVs(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest, withTo
 		Rev:      r.Revision,
 		Count:    r.CountOnly,
 		KeysOnly: r.KeysOnly && r.SortTarget != pb.RangeRequest_VALUE,
-		NoTotal:  !withTotal,
+		NoTotal:  streaming,
+		NoCache:  streaming,
 	})
 	if err != nil {
 		return nil, err

@@ -16,8 +16,9 @@ import (
 // with a limit that starts at 10 and doubles or halves to bring each chunk
 // near chunkBytes (etcd's --max-request-bytes). Only the last chunk carries
 // the header (its revision: the view's), more and count, which is the
-// whole range's as for Range. count_only is one message. Memory is one
-// chunk's, whatever the size of the range. r is not modified.
+// whole range's as for Range. count_only is one message. Memory is two
+// chunks' (the next is read while one is sent), whatever the size of the
+// range. r is not modified.
 func RangeStream(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest, chunkBytes int, send func(*pb.RangeResponse) error) error {
 	r = proto.Clone(r).(*pb.RangeRequest)
 	if r.CountOnly {
@@ -34,8 +35,8 @@ func RangeStream(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest, chu
 	// A negative limit is no limit to Range: one chunk, as etcd's.
 	r.Limit = min(initialChunkLimit, total)
 	var count, headerRev int64
+	resp, err := rangeKVs(ctx, v, r, true)
 	for {
-		resp, err := rangeKVs(ctx, v, r, false)
 		if err != nil {
 			return err
 		}
@@ -46,33 +47,42 @@ func RangeStream(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest, chu
 			}
 		}
 		count += int64(len(resp.Kvs))
-		var next []byte
-		if resp.More {
-			next = append(bytes.Clone(resp.Kvs[len(resp.Kvs)-1].Key), 0)
-		}
 		out := &pb.RangeResponse{Kvs: resp.Kvs}
-		done := !resp.More || count == total
-		if done {
+		if done := !resp.More || count == total; done {
 			out.Header = &pb.ResponseHeader{Revision: headerRev}
 			out.More = resp.More
 			out.Count = count
 			if resp.More {
-				rest, err := Range(ctx, v, &pb.RangeRequest{Key: next, RangeEnd: r.RangeEnd, Revision: r.Revision, CountOnly: true})
+				rest, err := Range(ctx, v, &pb.RangeRequest{Key: nextKey(resp), RangeEnd: r.RangeEnd, Revision: r.Revision, CountOnly: true})
 				if err != nil {
 					return err
 				}
 				out.Count += rest.Count
 			}
+			return send(out)
 		}
-		if err := send(out); err != nil {
-			return err
-		}
-		if done {
-			return nil
-		}
-		r.Key = next
+		// The next chunk is read while this one is sent.
+		r.Key = nextKey(resp)
 		r.Limit = min(nextChunkLimit(r.Limit, proto.Size(resp), chunkBytes), total-count)
+		next := make(chan struct{})
+		var nresp *pb.RangeResponse
+		var nerr error
+		go func() {
+			defer close(next)
+			nresp, nerr = rangeKVs(ctx, v, r, true)
+		}()
+		serr := send(out)
+		<-next
+		if serr != nil {
+			return serr
+		}
+		resp, err = nresp, nerr
 	}
+}
+
+// nextKey is where the chunk after resp starts.
+func nextKey(resp *pb.RangeResponse) []byte {
+	return append(bytes.Clone(resp.Kvs[len(resp.Kvs)-1].Key), 0)
 }
 
 // initialChunkLimit is the first chunk's limit, as etcd's.
