@@ -11,7 +11,7 @@ import (
 // Log is the revision log of one database, with its in-memory index. It is
 // assembled from parts with one job each, whose methods it offers:
 //
-//   - state (state.go): the index and the revision it reflects;
+//   - state (state.go): the index and the revision it reflects: Rev, CompactRev;
 //   - store (store*.go, schema): the tables and every statement on them;
 //   - writer (writer.go, commit.go, txnwrite.go): Write, group commit;
 //   - reader (read.go): View, SerializableView, KVAt;
@@ -114,12 +114,6 @@ func (l *Log) Close() error {
 	l.compactor.stop()
 	return l.store.close()
 }
-
-// Rev returns the latest committed revision.
-func (l *Log) Rev() int64 { return l.state.Rev() }
-
-// CompactRev returns the revision the log has been compacted to (0 if never).
-func (l *Log) CompactRev() int64 { return l.state.CompactRev() }
 
 // Backend returns the database the log is stored in.
 func (l *Log) Backend() *drivers.Backend { return l.store.be }
