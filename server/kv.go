@@ -33,11 +33,15 @@ func (k *kvServer) RangeStream(r *pb.RangeRequest, rs pb.KV_RangeStreamServer) e
 	if err := checkRangeStream(r); err != nil {
 		return err
 	}
+	k.s.streams.begin()
+	defer k.s.streams.end()
 	err := k.s.apply.RangeStream(rs.Context(), r, int(k.s.cfg.MaxRequestBytes), func(resp *pb.RangeResponse) error {
 		if resp.Header != nil {
 			k.s.fill(resp.Header)
 		}
-		return rs.Send(&pb.RangeStreamResponse{RangeResponse: resp})
+		err := rs.Send(&pb.RangeStreamResponse{RangeResponse: resp})
+		k.s.streams.chunk()
+		return err
 	})
 	return toGRPC(err)
 }

@@ -65,6 +65,7 @@ type Server struct {
 	memberID uint64
 	quota    *quota
 	apply    *txn.Applier
+	streams  streamHeap
 	health   *health.Server
 	stop     context.CancelFunc
 	wg       sync.WaitGroup

@@ -19,6 +19,9 @@ type entry struct {
 
 func (e entry) tombstone() bool { return e.version == 0 }
 
+// valueSize is the length of the value of key's change e.
+func (e entry) valueSize(key []byte) int { return max(int(e.size)-len(key), 0) }
+
 // keyIndex lists the retained changes of one key, oldest first.
 type keyIndex struct {
 	key  []byte

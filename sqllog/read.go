@@ -1,7 +1,9 @@
 package sqllog
 
 import (
+	"cmp"
 	"context"
+	"slices"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
@@ -22,6 +24,10 @@ type RangeOptions struct {
 	// NoCache leaves the values read out of the value cache: a read of a
 	// whole large range would only push the recent values out.
 	NoCache bool
+	// Buf, if large enough, is where the values are read into, in place of
+	// a new buffer (see RangeResult.Buf): a range in chunks reuses the
+	// buffer of a chunk it has sent.
+	Buf []byte
 }
 
 // RangeResult is the answer of a Range. Rev is the view's current revision,
@@ -30,6 +36,9 @@ type RangeResult struct {
 	KVs   []*mvccpb.KeyValue
 	Rev   int64
 	Count int64
+	// Buf holds the values of KVs read from the cache or the database: one
+	// buffer for them all, rather than an allocation per value.
+	Buf []byte
 }
 
 // ReadView reads the key space at a fixed current revision.
@@ -84,6 +93,9 @@ func (v *readView) Range(ctx context.Context, key, end []byte, ro RangeOptions) 
 	return v.r.rangeKeys(ctx, key, end, v.rev, ro, nil)
 }
 
+// maxPrealloc bounds the hits allocated ahead for a limited range.
+const maxPrealloc = 4096
+
 type hit struct {
 	key []byte
 	e   entry
@@ -98,6 +110,9 @@ func (r *reader) lookup(key, end []byte, rev, limit int64, countOnly, noTotal bo
 		return nil, 0, ErrCompacted
 	}
 	var hits []hit
+	if limit > 0 && !countOnly {
+		hits = make([]hit, 0, min(limit, maxPrealloc))
+	}
 	var count int64
 	s.idx.ascend(key, end, func(ki *keyIndex) bool {
 		if noTotal && limit > 0 && int64(len(hits)) >= limit {
@@ -143,49 +158,66 @@ func (r *reader) rangeKeys(ctx context.Context, key, end []byte, curRev int64, r
 	if ro.KeysOnly {
 		return res, nil
 	}
-	if err := r.fillValues(ctx, hits, kvs, pending, !ro.NoCache); err != nil {
+	buf, err := r.fillValues(ctx, hits, kvs, pending, !ro.NoCache, ro.Buf)
+	if err != nil {
 		return nil, err
 	}
+	res.Buf = buf
 	return res, nil
 }
 
 // fillValues reads the values of hits from pending, the cache or the
-// database. A read of more than one chunk runs its chunks in parallel, on as
-// many connections: a large page's values arrive in the time of the slowest
-// chunk rather than of all of them.
-func (r *reader) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyValue, pending map[int64][]byte, cache bool) error {
-	var want map[int64]int
-	var ids []int64
+// database into kvs. Those not pending are copied into one buffer (buf if it
+// is large enough), each at a place sized from its index entry, so that a
+// large range costs one allocation instead of one per value. A read of more
+// than one chunk runs its chunks in parallel, on as many connections: a
+// large page's values arrive in the time of the slowest chunk rather than of
+// all of them.
+func (r *reader) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyValue, pending map[int64][]byte, cache bool, buf []byte) ([]byte, error) {
+	total := 0
+	for _, h := range hits {
+		if _, ok := pending[h.e.id]; !ok {
+			total += h.e.valueSize(h.key)
+		}
+	}
+	if cap(buf) < total {
+		buf = make([]byte, total)
+	}
+	buf = buf[:total]
+	var want []idPos
+	off := 0
 	for i, h := range hits {
 		if v, ok := pending[h.e.id]; ok {
 			kvs[i].Value = v
 			continue
 		}
-		if v, ok := r.st.values.get(h.e.id); ok {
+		n := h.e.valueSize(h.key)
+		// Zero length, capacity n: the value is appended in place.
+		kvs[i].Value = buf[off : off : off+n]
+		off += n
+		if v, ok := r.st.values.appendTo(kvs[i].Value, h.e.id); ok {
 			kvs[i].Value = v
 			continue
 		}
-		if want == nil {
-			want = make(map[int64]int)
-		}
-		want[h.e.id] = i
-		ids = append(ids, h.e.id)
+		want = append(want, idPos{h.e.id, i})
 	}
-	if len(ids) == 0 {
-		return nil
+	if len(want) == 0 {
+		return buf, nil
 	}
-	var chunks [][]int64
-	for len(ids) > 0 {
-		n := min(len(ids), fetchChunk)
-		chunks = append(chunks, ids[:n])
-		ids = ids[n:]
+	var chunks [][]idPos
+	for len(want) > 0 {
+		n := min(len(want), fetchChunk)
+		chunk := want[:n]
+		slices.SortFunc(chunk, func(a, b idPos) int { return cmp.Compare(a.id, b.id) })
+		chunks = append(chunks, chunk)
+		want = want[n:]
 	}
 	if len(chunks) == 1 {
-		return r.st.fetchValues(ctx, chunks[0], want, kvs, cache)
+		return buf, r.st.fetchValues(ctx, chunks[0], kvs, cache)
 	}
 	errs := make(chan error, len(chunks))
 	for _, chunk := range chunks {
-		go func() { errs <- r.st.fetchValues(ctx, chunk, want, kvs, cache) }()
+		go func() { errs <- r.st.fetchValues(ctx, chunk, kvs, cache) }()
 	}
 	var err error
 	for range chunks {
@@ -193,7 +225,13 @@ func (r *reader) fillValues(ctx context.Context, hits []hit, kvs []mvccpb.KeyVal
 			err = e
 		}
 	}
-	return err
+	return buf, err
+}
+
+// idPos is a row id to read and the place of its value in a result.
+type idPos struct {
+	id int64
+	i  int
 }
 
 // KVAt returns key as it was at rev, or nil if it was absent then. Unlike a

@@ -1,9 +1,12 @@
 package sqllog
 
 import (
+	"cmp"
 	"context"
+	"database/sql"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -17,14 +20,15 @@ import (
 // fetchChunk bounds the ids in one value query.
 const fetchChunk = 256
 
-// fetchValues reads the values of the row ids in chunk into kvs at the
-// places want gives, and caches them if cache is set. Concurrent calls write
-// distinct places of kvs and only read want.
-func (st *store) fetchValues(ctx context.Context, chunk []int64, want map[int64]int, kvs []mvccpb.KeyValue, cache bool) error {
+// fetchValues reads the values of the row ids in chunk (sorted by id) into
+// kvs at the places chunk gives, appending each to the (empty) slice already
+// there, and caches them if cache is set. Concurrent calls write distinct
+// places of kvs.
+func (st *store) fetchValues(ctx context.Context, chunk []idPos, kvs []mvccpb.KeyValue, cache bool) error {
 	size := sizeClass(len(chunk))
 	args := make([]any, size)
 	for i := range args {
-		args[i] = chunk[min(i, len(chunk)-1)]
+		args[i] = chunk[min(i, len(chunk)-1)].id
 	}
 	query := st.q(`SELECT id, value FROM shimd_log WHERE id IN (?` + strings.Repeat(",?", size-1) + `)`)
 	start := time.Now()
@@ -37,23 +41,22 @@ func (st *store) fetchValues(ctx context.Context, chunk []int64, want map[int64]
 		return fmt.Errorf("read values: %w", err)
 	}
 	found := 0
+	var id int64
+	var v sql.RawBytes // copied at once into its place: no allocation per value
 	for rows.Next() {
-		var id int64
-		var v []byte
 		if err := rows.Scan(&id, &v); err != nil {
 			rows.Close()
 			return fmt.Errorf("read values: %w", err)
 		}
-		if i, ok := want[id]; ok {
+		if j, ok := slices.BinarySearchFunc(chunk, id, func(p idPos, id int64) int { return cmp.Compare(p.id, id) }); ok {
+			i := chunk[j].i
+			found++ // IN returns each row once, whatever the padding repeats
+			kvs[i].Value = append(kvs[i].Value[:0], v...)
 			if kvs[i].Value == nil {
-				found++ // the padding repeats an id: count it once
+				kvs[i].Value = []byte{}
 			}
-			if v == nil {
-				v = []byte{}
-			}
-			kvs[i].Value = v
 			if cache {
-				st.values.put(id, v)
+				st.values.put(id, kvs[i].Value)
 			}
 		}
 	}

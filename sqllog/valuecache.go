@@ -70,7 +70,8 @@ func (c *valueCache) alloc() {
 }
 
 // get returns a copy of the value of row id, if cached.
-func (c *valueCache) get(id int64) ([]byte, bool) {
+// appendTo appends the cached value of row id to dst.
+func (c *valueCache) appendTo(dst []byte, id int64) ([]byte, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.ring == nil {
@@ -81,8 +82,10 @@ func (c *valueCache) get(id int64) ([]byte, bool) {
 		return nil, false
 	}
 	off := s.pos % uint64(len(c.ring))
-	out := make([]byte, s.n)
-	copy(out, c.ring[off:off+uint64(s.n)])
+	out := append(dst, c.ring[off:off+uint64(s.n)]...)
+	if out == nil {
+		out = []byte{}
+	}
 	return out, true
 }
 

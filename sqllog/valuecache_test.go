@@ -89,3 +89,6 @@ func TestValueCacheDisabled(t *testing.T) {
 		c.close()
 	}
 }
+
+// get returns a copy of the cached value of row id.
+func (c *valueCache) get(id int64) ([]byte, bool) { return c.appendTo(nil, id) }

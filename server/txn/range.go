@@ -25,14 +25,14 @@ func gteRange(end []byte) []byte {
 // is Go's sort.Sort over the key-ordered result (so ties come out exactly as
 // etcd's do), and the limit applies last.
 func Range(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest) (*pb.RangeResponse, error) {
-	return rangeKVs(ctx, v, r, false)
+	return rangeKVs(ctx, v, r, nil)
 }
 
-// rangeKVs is Range; streaming, it is one chunk of a RangeStream: Count is
-// only what the limit lets through (plus the one that tells there are
-// more), as etcd's, so that a chunk costs what it returns, and the values
-// read stay out of the value cache.
-func rangeKVs(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest, streaming bool) (*pb.RangeResponse, error) {
+// rangeKVs is Range; with chunk set, it is one chunk of a RangeStream:
+// Count is only what the limit lets through (plus the one that tells there
+// are more), as etcd's, so that a chunk costs what it returns, the values
+// read stay out of the value cache, and they are read into chunk's buffer.
+func rangeKVs(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest, chunk *[]byte) (*pb.RangeResponse, error) {
 	filtered := r.SortOrder != pb.RangeRequest_NONE ||
 		r.MinModRevision != 0 || r.MaxModRevision != 0 ||
 		r.MinCreateRevision != 0 || r.MaxCreateRevision != 0
@@ -48,11 +48,15 @@ func rangeKVs(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest, stream
 		Rev:      r.Revision,
 		Count:    r.CountOnly,
 		KeysOnly: r.KeysOnly && r.SortTarget != pb.RangeRequest_VALUE,
-		NoTotal:  streaming,
-		NoCache:  streaming,
+		NoTotal:  chunk != nil,
+		NoCache:  chunk != nil,
+		Buf:      deref(chunk),
 	})
 	if err != nil {
 		return nil, err
+	}
+	if chunk != nil {
+		*chunk = rr.Buf
 	}
 	kvs := rr.KVs
 	prune := func(drop func(kv *mvccpb.KeyValue) bool) {
@@ -99,6 +103,13 @@ func rangeKVs(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest, stream
 		resp.Kvs = []*mvccpb.KeyValue{}
 	}
 	return resp, nil
+}
+
+func deref(b *[]byte) []byte {
+	if b == nil {
+		return nil
+	}
+	return *b
 }
 
 // sortKVs sorts the key-ordered kvs as etcd does. The results are already in

@@ -18,7 +18,9 @@ import (
 // the header (its revision: the view's), more and count, which is the
 // whole range's as for Range. count_only is one message. Memory is two
 // chunks' (the next is read while one is sent), whatever the size of the
-// range. r is not modified.
+// range, and two value buffers serve every chunk in turn: a chunk's is
+// reused once send has returned, by when gRPC has encoded it. r is not
+// modified.
 func RangeStream(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest, chunkBytes int, send func(*pb.RangeResponse) error) error {
 	r = proto.Clone(r).(*pb.RangeRequest)
 	if r.CountOnly {
@@ -35,7 +37,8 @@ func RangeStream(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest, chu
 	// A negative limit is no limit to Range: one chunk, as etcd's.
 	r.Limit = min(initialChunkLimit, total)
 	var count, headerRev int64
-	resp, err := rangeKVs(ctx, v, r, true)
+	var bufs [2][]byte // the chunk being sent's values, and the next one's
+	resp, err := rangeKVs(ctx, v, r, &bufs[0])
 	for {
 		if err != nil {
 			return err
@@ -69,7 +72,7 @@ func RangeStream(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest, chu
 		var nerr error
 		go func() {
 			defer close(next)
-			nresp, nerr = rangeKVs(ctx, v, r, true)
+			nresp, nerr = rangeKVs(ctx, v, r, &bufs[1])
 		}()
 		serr := send(out)
 		<-next
@@ -77,6 +80,7 @@ func RangeStream(ctx context.Context, v sqllog.ReadView, r *pb.RangeRequest, chu
 			return serr
 		}
 		resp, err = nresp, nerr
+		bufs[0], bufs[1] = bufs[1], bufs[0]
 	}
 }
 
