@@ -1,4 +1,4 @@
-// Command etcd is the benchmark's reference: a single-member etcd 3.6 (the
+// Command etcd is the benchmark's reference: a single-member etcd 3.7 (the
 // conformance module's version) with etcd's default settings — fsync on,
 // 100 ms heartbeat, 1 s election, 2 GiB quota — run as its own process so
 // that its CPU time and memory can be measured like shimd's. It takes the
