@@ -47,31 +47,7 @@ func migrateCommand(args []string) error {
 	if *from == "" {
 		return errors.New("--from is required")
 	}
-	u, err := url.Parse(*from)
-	if err != nil || u.Host == "" {
-		return fmt.Errorf("--from %q is not a URL", *from)
-	}
-	creds := insecure.NewCredentials()
-	if u.Scheme == "https" {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if *caFile != "" {
-			pem, err := os.ReadFile(*caFile)
-			if err != nil {
-				return err
-			}
-			tc.RootCAs = x509.NewCertPool()
-			tc.RootCAs.AppendCertsFromPEM(pem)
-		}
-		if *certFile != "" {
-			cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
-			if err != nil {
-				return err
-			}
-			tc.Certificates = []tls.Certificate{cert}
-		}
-		creds = credentials.NewTLS(tc)
-	}
-	conn, err := grpc.NewClient(u.Host, grpc.WithTransportCredentials(creds), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
+	conn, err := dial(*from, *caFile, *certFile, *keyFile)
 	if err != nil {
 		return err
 	}
@@ -171,4 +147,34 @@ func migrate(ctx context.Context, kv pb.KVClient, lc pb.LeaseClient, log *sqllog
 		}
 		key = append(page.Kvs[len(page.Kvs)-1].Key, 0)
 	}
+}
+
+// dial connects to an etcd v3 endpoint's client URL (http:// or https://,
+// with an optional CA and client certificate).
+func dial(from, caFile, certFile, keyFile string) (*grpc.ClientConn, error) {
+	u, err := url.Parse(from)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("%q is not a URL", from)
+	}
+	creds := insecure.NewCredentials()
+	if u.Scheme == "https" {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if caFile != "" {
+			pem, err := os.ReadFile(caFile)
+			if err != nil {
+				return nil, err
+			}
+			tc.RootCAs = x509.NewCertPool()
+			tc.RootCAs.AppendCertsFromPEM(pem)
+		}
+		if certFile != "" {
+			cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+			if err != nil {
+				return nil, err
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		creds = credentials.NewTLS(tc)
+	}
+	return grpc.NewClient(u.Host, grpc.WithTransportCredentials(creds), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
 }
