@@ -1,0 +1,162 @@
+package conformance
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/shimd/shimd/conformance/harness"
+)
+
+// TestSnapshotEtcdInterop: shimd's snapshots are etcd backend files, and
+// etcd's restore into shimd, on every backend, both ways round:
+//
+//   - shimd → etcd → shimd: `etcdctl snapshot save` from shimd, checked by
+//     `etcdutl snapshot status` (revision, total keys), restored with
+//     `etcdutl snapshot restore` and served by etcd 3.7.3, which must answer
+//     like the original shimd (every key, value, revision and version at
+//     every retained revision, HashKV, compaction, leases and their keys,
+//     the next revisions); then that etcd's snapshot restored with `shimd
+//     snapshot restore` must answer like that etcd;
+//   - etcd → shimd → etcd: the same history written to etcd, its snapshot
+//     restored into shimd, and shimd's snapshot restored into etcd again.
+func TestSnapshotEtcdInterop(t *testing.T) {
+	requireShimd(t, "snapshots in etcd's format")
+	ctl, utl := etcdctl(t), etcdutl(t)
+	for _, b := range harness.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			needBackend(t, b)
+			t.Run("shimd-etcd-shimd", func(t *testing.T) {
+				orig := startShimd(t, b, harness.Options{})
+				compactRev := maintSnapshotHistory(t, orig)
+				file := snapSave(t, ctl, orig)
+				snapCheckStatus(t, utl, file, orig)
+				etcd := snapRestoreEtcd(t, utl, file)
+				maintCompareRestored(t, orig, etcd, compactRev, false)
+				back := snapRestoreShimd(t, b, snapSave(t, ctl, etcd))
+				maintCompareRestored(t, etcd, back, compactRev, false)
+			})
+			t.Run("etcd-shimd-etcd", func(t *testing.T) {
+				ref := startRef(t, harness.Options{})
+				t.Cleanup(ref.stop)
+				compactRev := maintSnapshotHistory(t, ref)
+				file := snapSave(t, ctl, ref)
+				restored := snapRestoreShimd(t, b, file)
+				maintCompareRestored(t, ref, restored, compactRev, false)
+				file = snapSave(t, ctl, restored)
+				snapCheckStatus(t, utl, file, restored)
+				maintCompareRestored(t, restored, snapRestoreEtcd(t, utl, file), compactRev, false)
+			})
+		})
+	}
+}
+
+// etcdutl returns an etcdutl binary of the conformance module's etcd
+// release (pinned by tools.go). ETCDUTL_BIN overrides it.
+func etcdutl(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("ETCDUTL_BIN"); p != "" {
+		return p
+	}
+	bin, err := harness.Build(".", "go.etcd.io/etcd/etcdutl/v3", t.TempDir(), "etcdutl")
+	if err != nil {
+		t.Fatalf("build etcdutl: %v", err)
+	}
+	return bin
+}
+
+// snapSave takes a snapshot of s with etcdctl.
+func snapSave(t *testing.T, ctl string, s *server) string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "snap.db")
+	out, err := runCtl(t, ctl, s.cli.Endpoints()[0], "", "snapshot", "save", file)
+	if err != nil || !strings.Contains(out, "Snapshot saved at "+file) {
+		t.Fatalf("etcdctl snapshot save from %s: %v\n%s%s", s.name, err, out, s.crashInfo())
+	}
+	return file
+}
+
+// snapCheckStatus compares what `etcdutl snapshot status` reads in file
+// with s: its revision and its number of live keys.
+func snapCheckStatus(t *testing.T, utl, file string, s *server) {
+	t.Helper()
+	out, err := exec.Command(utl, "snapshot", "status", file, "-w", "json").Output()
+	if err != nil {
+		t.Fatalf("etcdutl snapshot status: %v\n%s", err, out)
+	}
+	var st struct {
+		Revision int64 `json:"revision"`
+		TotalKey int   `json:"totalKey"`
+		Version  string
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("etcdutl snapshot status: %v\n%s", err, out)
+	}
+	r, err := s.cli.Get(ctxT(t, 10*1e9), "\x00", clientv3.WithFromKey(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Revision != r.Header.Revision || int64(st.TotalKey) != r.Count {
+		t.Errorf("etcdutl snapshot status: revision %d, %d keys; %s has revision %d, %d keys", st.Revision, st.TotalKey, s.name, r.Header.Revision, r.Count)
+	}
+	sout, err := exec.Command(sutBin, "snapshot", "status", file, "-w", "json").Output()
+	if err != nil {
+		t.Fatalf("shimd snapshot status: %v\n%s", err, sout)
+	}
+	var mine map[string]any
+	var theirs map[string]any
+	json.Unmarshal(out, &theirs)
+	json.Unmarshal(sout, &mine)
+	for _, k := range []string{"hash", "revision", "totalKey", "totalSize", "version"} {
+		if mine[k] != theirs[k] {
+			t.Errorf("shimd snapshot status %s = %v, etcdutl's %v", k, mine[k], theirs[k])
+		}
+	}
+}
+
+// snapRestoreEtcd restores file with etcdutl and starts an embedded etcd
+// 3.7.3 on the result.
+func snapRestoreEtcd(t *testing.T, utl, file string) *server {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "etcd")
+	out, err := exec.Command(utl, "snapshot", "restore", file, "--data-dir", dir, "--name", "ref",
+		"--initial-cluster", "ref=http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380").CombinedOutput()
+	if err != nil {
+		t.Fatalf("etcdutl snapshot restore: %v\n%s", err, out)
+	}
+	e, err := harness.StartEtcd(harness.EtcdConfig{Dir: dir, NoFsync: true})
+	if err != nil {
+		t.Fatalf("start etcd on the restored snapshot: %v", err)
+	}
+	s, err := newServer("etcd(restored)", e.Endpoint, e.Close)
+	if err != nil {
+		t.Fatalf("connect to the restored etcd: %v", err)
+	}
+	t.Cleanup(s.stop)
+	return s
+}
+
+// snapRestoreShimd restores file with `shimd snapshot restore` into a fresh
+// store of b and starts shimd on it.
+func snapRestoreShimd(t *testing.T, b harness.Backend, file string) *server {
+	t.Helper()
+	st := newStore(t, b)
+	dataDir := tempDir(t, "restored")
+	if out, err := exec.Command(sutBin, snapRestoreArgs(file, st, dataDir)...).CombinedOutput(); err != nil {
+		t.Fatalf("shimd snapshot restore: %v\n%s", err, out)
+	}
+	return startShimdOn(t, st.Backend, dataDir, harness.Options{})
+}
+
+func snapRestoreArgs(file string, st *harness.Store, dataDir string) []string {
+	args := []string{"snapshot", "restore", file, "--data-dir", dataDir}
+	if st.Backend.Endpoint != "" {
+		args = append(args, "--endpoint", st.Backend.Endpoint)
+	}
+	return args
+}
