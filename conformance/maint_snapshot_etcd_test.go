@@ -2,11 +2,14 @@ package conformance
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -97,7 +100,7 @@ func snapCheckStatus(t *testing.T, utl, file string, s *server) {
 	if err := json.Unmarshal(out, &st); err != nil {
 		t.Fatalf("etcdutl snapshot status: %v\n%s", err, out)
 	}
-	r, err := s.cli.Get(ctxT(t, 10*1e9), "\x00", clientv3.WithFromKey(), clientv3.WithCountOnly())
+	r, err := s.cli.Get(ctxT(t, 10*time.Second), "\x00", clientv3.WithFromKey(), clientv3.WithCountOnly())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,4 +162,92 @@ func snapRestoreArgs(file string, st *harness.Store, dataDir string) []string {
 		args = append(args, "--endpoint", st.Backend.Endpoint)
 	}
 	return args
+}
+
+// TestSnapshotDamaged: `shimd snapshot restore` of a truncated or corrupt
+// snapshot fails with an error that says so and leaves the store as it was
+// (a restore of the intact file into the same store then succeeds, and
+// serves what the original does).
+func TestSnapshotDamaged(t *testing.T) {
+	requireShimd(t, "snapshot restore")
+	ctl := etcdctl(t)
+	for _, b := range harness.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			needBackend(t, b)
+			orig := startShimd(t, b, harness.Options{})
+			ctx := ctxT(t, time.Minute)
+			r := newRand(7)
+			for i := range 300 {
+				if _, err := orig.cli.Put(ctx, fmt.Sprintf("dmg/%03d", i%120), maintRandValue(r, 600)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			file := snapSave(t, ctl, orig)
+			good, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := len(good)
+			body, sum := good[:n-32], good[n-32:]
+			flip := func(data []byte, at int) []byte {
+				out := slices.Clone(data)
+				out[at] ^= 0x40
+				return out
+			}
+			garbage := slices.Clone(body)
+			for i := 2 * 4096; i < len(garbage); i++ {
+				garbage[i] = byte(i * 7)
+			}
+			cases := []struct {
+				name string
+				data []byte
+				args []string
+				want string
+			}{
+				{"empty", nil, nil, "no SHA-256 trailer"},
+				{"text", []byte("not a snapshot at all\n"), nil, "no SHA-256 trailer"},
+				{"truncated-half", good[:n/2], nil, "no SHA-256 trailer"},
+				{"truncated-1-byte", good[:n-1], nil, "no SHA-256 trailer"},
+				{"truncated-page-kept-trailer", slices.Concat(body[:len(body)-4096], sum), nil, "checksum mismatch"},
+				{"corrupt-middle", flip(good, n/2), nil, "checksum mismatch"},
+				{"corrupt-trailer", flip(good, n-1), nil, "checksum mismatch"},
+				{"corrupt-pages-no-check", garbage, []string{"--skip-hash-check"}, "not a valid etcd snapshot"},
+			}
+			st := newStore(t, b)
+			dataDir := tempDir(t, "restored")
+			for _, c := range cases {
+				bad := filepath.Join(t.TempDir(), c.name+".db")
+				if err := os.WriteFile(bad, c.data, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				out, err := exec.Command(sutBin, append(snapRestoreArgs(bad, st, dataDir), c.args...)...).CombinedOutput()
+				if err == nil {
+					t.Errorf("%s: the restore succeeded:\n%s", c.name, out)
+					continue
+				}
+				if !strings.Contains(string(out), c.want) || strings.Contains(string(out), "panic") {
+					t.Errorf("%s: the restore failed with %q, want an error saying %q", c.name, out, c.want)
+				}
+				t.Logf("%s: %s", c.name, strings.TrimSpace(string(out)))
+			}
+			// The store is untouched: a restore (which needs an empty one)
+			// of the intact file succeeds, and serves the original's data.
+			if out, err := exec.Command(sutBin, snapRestoreArgs(file, st, dataDir)...).CombinedOutput(); err != nil {
+				t.Fatalf("restore of the intact file after the failed ones: %v\n%s", err, out)
+			}
+			restored := startShimdOn(t, st.Backend, dataDir, harness.Options{})
+			for _, s := range []*server{orig, restored} {
+				for _, rev := range []int64{0, 150} {
+					g, err := s.cli.Get(ctx, "dmg/", clientv3.WithPrefix(), clientv3.WithRev(rev))
+					if err != nil {
+						t.Fatalf("%s: %v", s.name, err)
+					}
+					o, _ := orig.cli.Get(ctx, "dmg/", clientv3.WithPrefix(), clientv3.WithRev(rev))
+					if g.Header.Revision != o.Header.Revision || len(g.Kvs) != len(o.Kvs) || fmt.Sprint(g.Kvs) != fmt.Sprint(o.Kvs) {
+						t.Errorf("%s at revision %d differs from the original", s.name, rev)
+					}
+				}
+			}
+		})
+	}
 }
