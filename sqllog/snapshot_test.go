@@ -126,7 +126,6 @@ func (r *recordWriter) bytes(bs ...[]byte) {
 	}
 }
 
-
 // snapshotHistory writes puts, overwrites, a delete and a compaction.
 func snapshotHistory(t *testing.T, l *Log) {
 	t.Helper()
