@@ -190,8 +190,8 @@ func StatusSnapshot(path string) (SnapshotStatus, error) {
 // RestoreOptions tune Restore.
 type RestoreOptions struct {
 	SkipHashCheck bool
-	// Progress, if set, is called now and then with the changes written
-	// so far and the total.
+	// Progress, if set, is called now and then with the revision
+	// written up to and the snapshot's last one.
 	Progress func(done, total int64)
 }
 
@@ -233,14 +233,17 @@ func Restore(ctx context.Context, l *Log, path string, opts RestoreOptions) erro
 		meta := btx.Bucket(bucketMeta)
 		compactRev = max(metaRev(meta, metaFinishedCompact), metaRev(meta, metaScheduledCompct))
 		kb := btx.Bucket(bucketKey)
-		total := int64(kb.Stats().KeyN)
+		var total int64 // the last revision, for progress
+		if k, _ := kb.Cursor().Last(); k != nil {
+			total, _, _, _ = parseRev(k)
+		}
 		var changes []Change
 		size := 0
 		flush := func() error {
 			err := st.insert(ctx, tx, changes)
 			changes, size = changes[:0], 0
 			if opts.Progress != nil {
-				opts.Progress(lastID, total)
+				opts.Progress(rev, total)
 			}
 			return err
 		}

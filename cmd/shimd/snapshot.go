@@ -76,7 +76,7 @@ func snapshotRestore(file string, args []string) error {
 	opts := sqllog.RestoreOptions{SkipHashCheck: *skip, Progress: func(done, total int64) {
 		if time.Since(last) >= 2*time.Second {
 			last = time.Now()
-			fmt.Fprintf(out, "restoring %s: %d of %d revisions' changes (%.0f%%)\n", file, done, total, 100*float64(done)/float64(max(total, 1)))
+			fmt.Fprintf(out, "restoring %s: revision %d of %d (%.0f%%)\n", file, done, total, 100*float64(done)/float64(max(total, 1)))
 		}
 	}}
 	if err := sqllog.Restore(ctx, log, file, opts); err != nil {
