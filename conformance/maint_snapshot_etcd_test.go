@@ -27,7 +27,8 @@ import (
 //     the next revisions); then that etcd's snapshot restored with `shimd
 //     snapshot restore` must answer like that etcd;
 //   - etcd → shimd → etcd: the same history written to etcd, its snapshot
-//     restored into shimd, and shimd's snapshot restored into etcd again.
+//     restored into shimd, and shimd's snapshot restored into etcd again;
+//   - `shimd migrate --history` from that etcd.
 func TestSnapshotEtcdInterop(t *testing.T) {
 	requireShimd(t, "snapshots in etcd's format")
 	ctl, utl := etcdctl(t), etcdutl(t)
@@ -54,6 +55,21 @@ func TestSnapshotEtcdInterop(t *testing.T) {
 				file = snapSave(t, ctl, restored)
 				snapCheckStatus(t, utl, file, restored)
 				maintCompareRestored(t, restored, snapRestoreEtcd(t, utl, file), compactRev, false)
+			})
+			t.Run("migrate-history", func(t *testing.T) {
+				ref := startRef(t, harness.Options{})
+				t.Cleanup(ref.stop)
+				compactRev := maintSnapshotHistory(t, ref)
+				st := newStore(t, b)
+				dataDir := tempDir(t, "migrated")
+				args := []string{"migrate", "--history", "--from", ref.cli.Endpoints()[0], "--data-dir", dataDir}
+				if st.Backend.Endpoint != "" {
+					args = append(args, "--endpoint", st.Backend.Endpoint)
+				}
+				if out, err := exec.Command(sutBin, args...).CombinedOutput(); err != nil {
+					t.Fatalf("shimd %s: %v\n%s", strings.Join(args, " "), err, out)
+				}
+				maintCompareRestored(t, ref, startShimdOn(t, st.Backend, dataDir, harness.Options{}), compactRev, false)
 			})
 		})
 	}

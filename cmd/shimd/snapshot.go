@@ -15,6 +15,7 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc"
 
 	"github.com/shimd/shimd"
 	"github.com/shimd/shimd/sqllog"
@@ -129,20 +130,31 @@ func snapshotSave(file string, args []string) error {
 		return err
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithCancel(context.Background())
+	start := time.Now()
+	size, err := fetchSnapshot(context.Background(), conn, file)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("Snapshot saved at %s (%d bytes in %s)\n", file, size, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// fetchSnapshot streams a snapshot from a server (Maintenance.Snapshot) into
+// file.part, checks its trailing SHA-256, and renames it to file only then.
+func fetchSnapshot(ctx context.Context, conn *grpc.ClientConn, file string) (int64, error) {
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := pb.NewMaintenanceClient(conn).Snapshot(ctx, &pb.SnapshotRequest{})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	part := file + ".part"
 	f, err := os.OpenFile(part, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer os.Remove(part)
 	defer f.Close()
-	start := time.Now()
 	h := sha256.New()
 	var tail []byte // the last sha256.Size bytes seen: the trailer, at the end
 	var size int64
@@ -152,10 +164,10 @@ func snapshotSave(file string, args []string) error {
 			break
 		}
 		if err != nil {
-			return err
+			return size, err
 		}
 		if _, err := f.Write(resp.Blob); err != nil {
-			return err
+			return size, err
 		}
 		size += int64(len(resp.Blob))
 		tail = append(tail, resp.Blob...)
@@ -165,17 +177,13 @@ func snapshotSave(file string, args []string) error {
 		}
 	}
 	if size%512 != sha256.Size || !bytes.Equal(h.Sum(nil), tail) {
-		return fmt.Errorf("the snapshot received (%d bytes) does not end with its SHA-256: incomplete or damaged", size)
+		return size, fmt.Errorf("the snapshot received (%d bytes) does not end with its SHA-256: incomplete or damaged", size)
 	}
 	if err := f.Sync(); err != nil {
-		return err
+		return size, err
 	}
 	if err := f.Close(); err != nil {
-		return err
+		return size, err
 	}
-	if err := os.Rename(part, file); err != nil {
-		return err
-	}
-	fmt.Printf("Snapshot saved at %s (%d bytes in %s)\n", file, size, time.Since(start).Round(time.Millisecond))
-	return nil
+	return size, os.Rename(part, file)
 }
