@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/shimd/shimd/conformance/harness"
@@ -264,6 +265,70 @@ func TestSnapshotDamaged(t *testing.T) {
 					}
 				}
 			}
+		})
+	}
+}
+
+// TestSnapshotDuringWrites: a snapshot taken while clients write is one
+// consistent revision: restored, it equals the original at that revision
+// (every key, and HashKV), and the writes never stopped.
+func TestSnapshotDuringWrites(t *testing.T) {
+	requireShimd(t, "snapshot restore")
+	ctl := etcdctl(t)
+	for _, b := range harness.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			needBackend(t, b)
+			orig := startShimd(t, b, harness.Options{})
+			ctx := ctxT(t, 2*time.Minute)
+			r := newRand(3)
+			for i := range 2000 {
+				if _, err := orig.cli.Put(ctx, fmt.Sprintf("w/%04d", i%500), maintRandValue(r, 200)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			stop := make(chan struct{})
+			var writes int
+			var werr error
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if _, werr = orig.cli.Put(ctx, fmt.Sprintf("w/%04d", i%700), fmt.Sprint(i)); werr != nil {
+						return
+					}
+					writes++
+				}
+			}()
+			file := snapSave(t, ctl, orig)
+			close(stop)
+			<-done
+			if werr != nil || writes == 0 {
+				t.Fatalf("writes during the snapshot: %d, %v", writes, werr)
+			}
+			restored := snapRestoreShimd(t, b, file)
+			g, err := restored.cli.Get(ctx, "w/", clientv3.WithPrefix())
+			if err != nil {
+				t.Fatal(err)
+			}
+			rev := g.Header.Revision
+			o, err := orig.cli.Get(ctx, "w/", clientv3.WithPrefix(), clientv3.WithRev(rev))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(o.Kvs) != fmt.Sprint(g.Kvs) {
+				t.Errorf("the restored store differs from the original at revision %d", rev)
+			}
+			h1, err1 := maint(orig).HashKV(ctx, &pb.HashKVRequest{Revision: rev})
+			h2, err2 := maint(restored).HashKV(ctx, &pb.HashKVRequest{Revision: rev})
+			if err1 != nil || err2 != nil || h1.Hash != h2.Hash {
+				t.Errorf("HashKV at %d: original %v %v, restored %v %v", rev, h1, err1, h2, err2)
+			}
+			t.Logf("snapshot at revision %d; %d writes while it was taken", rev, writes)
 		})
 	}
 }
