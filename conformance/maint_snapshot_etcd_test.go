@@ -221,8 +221,9 @@ func TestSnapshotDamaged(t *testing.T) {
 				args []string
 				want string
 			}{
-				{"empty", nil, nil, "no SHA-256 trailer"},
-				{"text", []byte("not a snapshot at all\n"), nil, "no SHA-256 trailer"},
+				{"empty", nil, nil, "not an etcd snapshot"},
+				{"text", []byte("not a snapshot at all\n"), nil, "not an etcd snapshot"},
+				{"head-cut", good[8192:], nil, "not an etcd snapshot"},
 				{"truncated-half", good[:n/2], nil, "no SHA-256 trailer"},
 				{"truncated-1-byte", good[:n-1], nil, "no SHA-256 trailer"},
 				{"truncated-page-kept-trailer", slices.Concat(body[:len(body)-4096], sum), nil, "checksum mismatch"},

@@ -75,6 +75,13 @@ func openSnapshotDB(path string, skipHashCheck bool) (db *bolt.DB, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// A bbolt file starts with a meta page: its magic follows the 16-byte
+	// page header.
+	head := make([]byte, 20)
+	if n, _ := f.ReadAt(head, 0); n < len(head) || binary.LittleEndian.Uint32(head[16:]) != 0xED0CDAED && binary.BigEndian.Uint32(head[16:]) != 0xED0CDAED {
+		f.Close()
+		return nil, errors.New("not an etcd snapshot: the file does not start with a bbolt database (empty, truncated at the start, or another format)")
+	}
 	hasHash, err := checkSnapshotFile(f)
 	f.Close()
 	if err != nil {
@@ -193,6 +200,8 @@ type RestoreOptions struct {
 	// Progress, if set, is called now and then with the revision
 	// written up to and the snapshot's last one.
 	Progress func(done, total int64)
+	// Warn, if set, is told of what the snapshot holds that is not restored.
+	Warn func(msg string)
 }
 
 // Restore loads a snapshot file into an empty database (one Open created
@@ -230,6 +239,9 @@ func Restore(ctx context.Context, l *Log, path string, opts RestoreOptions) erro
 	defer tx.Rollback()
 	var rev, lastID, compactRev int64 = 1, 0, 0
 	err = db.View(func(btx *bolt.Tx) error {
+		if a := btx.Bucket(bucketAuth); a != nil && bytes.Equal(a.Get(authEnabledKey), []byte{1}) && opts.Warn != nil {
+			opts.Warn("the snapshot has etcd authentication enabled: shimd does not implement it, so its users and roles are not restored")
+		}
 		meta := btx.Bucket(bucketMeta)
 		compactRev = max(metaRev(meta, metaFinishedCompact), metaRev(meta, metaScheduledCompct))
 		kb := btx.Bucket(bucketKey)
