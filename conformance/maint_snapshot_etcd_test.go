@@ -43,6 +43,9 @@ func TestSnapshotEtcdInterop(t *testing.T) {
 				snapCheckStatus(t, utl, file, orig)
 				etcd := snapRestoreEtcd(t, utl, file)
 				maintCompareRestored(t, orig, etcd, compactRev, false)
+				if bin := os.Getenv("SHIMD_TEST_ETCD_BIN"); bin != "" {
+					maintCompareRestored(t, orig, snapRestoreEtcdBin(t, bin, file), compactRev, false)
+				}
 				back := snapRestoreShimd(t, b, snapSave(t, ctl, etcd))
 				maintCompareRestored(t, etcd, back, compactRev, false)
 			})
@@ -156,6 +159,36 @@ func snapRestoreEtcd(t *testing.T, utl, file string) *server {
 	s, err := newServer("etcd(restored)", e.Endpoint, e.Close)
 	if err != nil {
 		t.Fatalf("connect to the restored etcd: %v", err)
+	}
+	t.Cleanup(s.stop)
+	return s
+}
+
+// snapRestoreEtcdBin restores file with etcdutl (SHIMD_TEST_ETCDUTL_BIN, or
+// the module's) for another etcd release's binary, bin, which takes
+// conformance/bench/etcd's flags and names its member "bench" (build one
+// from that directory in a module requiring, say, etcd 3.6), and starts it.
+func snapRestoreEtcdBin(t *testing.T, bin, file string) *server {
+	t.Helper()
+	utl := os.Getenv("SHIMD_TEST_ETCDUTL_BIN")
+	if utl == "" {
+		utl = etcdutl(t)
+	}
+	dir := filepath.Join(t.TempDir(), "etcd")
+	out, err := exec.Command(utl, "snapshot", "restore", file, "--data-dir", dir, "--name", "bench",
+		"--initial-cluster", "bench=http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s snapshot restore: %v\n%s", utl, err, out)
+	}
+	p := &harness.Process{Bin: bin, DataDir: dir, Backend: harness.Backend{Name: "etcd"}, Args: func(addr string) []string {
+		return []string{"--listen-client-urls", "http://" + addr, "--data-dir", dir, "--log-level", "warn"}
+	}}
+	if err := p.Start(); err != nil {
+		t.Fatalf("start %s on the restored snapshot: %v\n%s", bin, err, p.Output())
+	}
+	s, err := newServer("etcd("+filepath.Base(bin)+")", p.Endpoint, func() { p.Stop() })
+	if err != nil {
+		t.Fatalf("connect to %s: %v", bin, err)
 	}
 	t.Cleanup(s.stop)
 	return s
