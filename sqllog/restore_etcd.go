@@ -238,7 +238,7 @@ func Restore(ctx context.Context, l *Log, path string, opts RestoreOptions) erro
 	}
 	defer tx.Rollback()
 	var rev, lastID, compactRev int64 = 1, 0, 0
-	err = db.View(func(btx *bolt.Tx) error {
+	err = viewSafely(db, func(btx *bolt.Tx) error {
 		if a := btx.Bucket(bucketAuth); a != nil && bytes.Equal(a.Get(authEnabledKey), []byte{1}) && opts.Warn != nil {
 			opts.Warn("the snapshot has etcd authentication enabled: shimd does not implement it, so its users and roles are not restored")
 		}
@@ -333,4 +333,16 @@ func parseLease(v []byte) (id, ttl int64, err error) {
 		v = v[m:]
 	}
 	return id, ttl, nil
+}
+
+// viewSafely runs fn in a read transaction of db, with a panic of bbolt on
+// a damaged page turned into an error (the SQL transaction is then rolled
+// back by the caller).
+func viewSafely(db *bolt.DB, fn func(*bolt.Tx) error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("the snapshot is damaged: %v", r)
+		}
+	}()
+	return db.View(fn)
 }
