@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -61,7 +62,7 @@ func TestSnapshotRestore(t *testing.T) {
 						t.Errorf("a restore into a non-empty store failed without saying why: %s", out)
 					}
 					restored := startShimdOn(t, st.Backend, dataDir, harness.Options{})
-					maintCompareRestored(t, orig, restored, compactRev)
+					maintCompareRestored(t, orig, restored, compactRev, true)
 				})
 			}
 		})
@@ -115,8 +116,9 @@ func maintSnapshotHistory(t *testing.T, s *server) int64 {
 	return compactRev
 }
 
-// maintCompareRestored compares the original and the restored server op by op.
-func maintCompareRestored(t *testing.T, orig, restored *server, compactRev int64) {
+// maintCompareRestored compares the original and the restored server op by
+// op; bothShimd adds shimd's own Hash, which etcd computes differently.
+func maintCompareRestored(t *testing.T, orig, restored *server, compactRev int64, bothShimd bool) {
 	t.Helper()
 	same := func(desc string, fn opFunc) (any, error) {
 		t.Helper()
@@ -156,9 +158,11 @@ func maintCompareRestored(t *testing.T, orig, restored *server, compactRev int64
 	same("HashKV {revision:0}", func(ctx context.Context, s *server) (any, error) {
 		return maint(s).HashKV(ctx, &pb.HashKVRequest{})
 	})
-	same("Hash (shimd's hash of the whole log and leases)", func(ctx context.Context, s *server) (any, error) {
-		return maint(s).Hash(ctx, &pb.HashRequest{})
-	})
+	if bothShimd {
+		same("Hash (shimd's hash of the whole log and leases)", func(ctx context.Context, s *server) (any, error) {
+			return maint(s).Hash(ctx, &pb.HashRequest{})
+		})
+	}
 	same(fmt.Sprintf("Compact {revision:%d} (already compacted)", compactRev), func(ctx context.Context, s *server) (any, error) {
 		return s.kv.Compact(ctx, &pb.CompactionRequest{Revision: compactRev})
 	})
@@ -188,6 +192,8 @@ func maintCompareRestored(t *testing.T, orig, restored *server, compactRev int64
 			}
 			r.TTL = 0
 			r.Header = nil
+			// etcd lists a lease's keys in no particular order.
+			sort.Slice(r.Keys, func(i, j int) bool { return string(r.Keys[i]) < string(r.Keys[j]) })
 			return r, nil
 		})
 	}
@@ -201,13 +207,19 @@ func maintCompareRestored(t *testing.T, orig, restored *server, compactRev int64
 	}
 
 	// Writes continue the history (on the restored server only: the
-	// original is compared with the next restore too).
+	// original is compared with the next restore too). The new key is
+	// named after the revision, so that restores can be chained.
 	ctx := ctxT(t, time.Minute)
+	next := fmt.Sprintf("snap/next%d", cur)
+	before, err := orig.lease.LeaseTimeToLive(ctx, &pb.LeaseTimeToLiveRequest{ID: 0x52, Keys: true})
+	if err != nil {
+		t.Fatalf("original: lease 0x52: %v", err)
+	}
 	k06, err := orig.cli.Get(ctx, "snap/k06")
 	if err != nil || len(k06.Kvs) != 1 {
 		t.Fatalf("original: get snap/k06: %v", err)
 	}
-	p, err := restored.kv.Put(ctx, &pb.PutRequest{Key: b("snap/next"), Value: b("1"), Lease: 0x52, PrevKv: true})
+	p, err := restored.kv.Put(ctx, &pb.PutRequest{Key: b(next), Value: b("1"), Lease: 0x52, PrevKv: true})
 	if err != nil {
 		t.Fatalf("restored: put: %v", err)
 	}
@@ -226,7 +238,7 @@ func maintCompareRestored(t *testing.T, orig, restored *server, compactRev int64
 		t.Errorf("restored: snap/k06 after a put: %v %v (before: %v)", g, err, k06.Kvs[0])
 	}
 	ttl, err := restored.lease.LeaseTimeToLive(ctx, &pb.LeaseTimeToLiveRequest{ID: 0x52, Keys: true})
-	if err != nil || len(ttl.Keys) != 2 || string(ttl.Keys[1]) != "snap/next" && string(ttl.Keys[0]) != "snap/next" {
+	if err != nil || len(ttl.Keys) != len(before.Keys)+1 || !slices.ContainsFunc(ttl.Keys, func(k []byte) bool { return string(k) == next }) {
 		t.Errorf("restored: lease 0x52 after a put with it: %v %v", ttl, err)
 	}
 }

@@ -175,7 +175,7 @@ postgres-vacuum-full: false
 		if r := runShimd(t, dir, opsEnv(), 30*time.Second, "--help"); r.code != 0 || !strings.Contains(r.stdout+r.stderr, "--config-file") && !strings.Contains(r.stdout+r.stderr, "-config-file") {
 			t.Errorf("shimd --help: exit %d", r.code)
 		}
-		for _, sub := range [][]string{{"migrate", "--help"}, {"healthcheck", "--help"}, {"snapshot", "restore", "--help"}} {
+		for _, sub := range [][]string{{"migrate", "--help"}, {"healthcheck", "--help"}, {"snapshot", "restore", "--help"}, {"snapshot", "save", "--help"}, {"snapshot", "status", "--help"}} {
 			if r := runShimd(t, dir, opsEnv(), 30*time.Second, sub...); r.code != 0 {
 				t.Errorf("shimd %s: exit %d: %s", strings.Join(sub, " "), r.code, clip(r.stderr, 300))
 			}

@@ -2,8 +2,10 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -133,30 +135,41 @@ func (m *maintenanceServer) Downgrade(ctx context.Context, r *pb.DowngradeReques
 // snapshotChunk is the blob size of one snapshot message, as etcd's.
 const snapshotChunk = 32 << 10
 
-// Snapshot streams a consistent snapshot in shimd's portable format, ending
-// with its SHA-256 as etcd's does; `shimd snapshot restore` loads it into a
-// fresh database of any kind.
+// Snapshot streams a consistent snapshot as an etcd v3 backend file (a
+// bbolt database that etcdutl restores and etcd serves), followed by its
+// SHA-256, as etcd's does. The file is written to a temporary directory
+// first: its size is sent with every message.
 func (m *maintenanceServer) Snapshot(r *pb.SnapshotRequest, stream pb.Maintenance_SnapshotServer) error {
-	f, err := os.CreateTemp("", "shimd-snapshot-*")
+	dir, err := os.MkdirTemp("", "shimd-snapshot-*")
 	if err != nil {
 		return toGRPC(err)
 	}
-	defer os.Remove(f.Name())
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "db")
+	if _, err := m.s.log.WriteSnapshotDB(stream.Context(), path); err != nil {
+		return toGRPC(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return toGRPC(err)
+	}
 	defer f.Close()
-	if err := m.s.log.WriteSnapshot(stream.Context(), f); err != nil {
-		return toGRPC(err)
-	}
-	total, err := f.Seek(0, io.SeekCurrent)
+	st, err := f.Stat()
 	if err != nil {
 		return toGRPC(err)
 	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return toGRPC(err)
-	}
+	h := sha256.New()
+	total := st.Size() + sha256.Size
 	for sent := int64(0); sent < total; {
-		buf := make([]byte, min(snapshotChunk, total-sent))
-		if _, err := io.ReadFull(f, buf); err != nil {
-			return toGRPC(err)
+		var buf []byte
+		if n := st.Size() - sent; n > 0 {
+			buf = make([]byte, min(snapshotChunk, n))
+			if _, err := io.ReadFull(f, buf); err != nil {
+				return toGRPC(err)
+			}
+			h.Write(buf)
+		} else {
+			buf = h.Sum(nil)
 		}
 		sent += int64(len(buf))
 		if err := stream.Send(&pb.SnapshotResponse{Header: m.s.header(0), RemainingBytes: uint64(total - sent), Blob: buf, Version: storageVersion}); err != nil {

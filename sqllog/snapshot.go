@@ -1,143 +1,34 @@
 package sqllog
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
+	"os"
 	"time"
 )
 
-// A snapshot is shimd's own portable format, the same from every database:
+// SHIMD-SNAPSHOT-1 is the format shimd's snapshots had before they became
+// etcd backend files; Restore still reads it, for backups already taken:
 // a magic line, then records (a type byte and varint-encoded fields), then
 // etcd's trailer, the SHA-256 of everything before it. Records: 'M' meta
 // (revision, compact revision, last id, cluster id), 'R' a log row, 'L' a
 // lease, 'E' the end.
 const snapshotMagic = "SHIMD-SNAPSHOT-1\n"
 
-// WriteSnapshot writes a consistent snapshot of the database to w. It reads
-// inside one read-only transaction, so writers go on meanwhile.
-func (mt *maintenance) WriteSnapshot(ctx context.Context, w io.Writer) error {
-	tx, err := mt.st.be.Dialect.BeginSnapshot(ctx, mt.st.be.Read)
-	if err != nil {
-		return fmt.Errorf("snapshot: %w", err)
-	}
-	defer tx.Rollback()
-	m, err := mt.st.readMeta(ctx, mt.st.be.Read, false)
-	if err != nil {
-		return err
-	}
-	// Re-read inside the transaction: that is the state the rows match.
-	if err := tx.QueryRowContext(ctx, `SELECT rev, last_id, compact_rev, cluster_id FROM shimd_meta WHERE id = 1`).Scan(&m.rev, &m.lastID, &m.compactRev, &m.clusterID); err != nil {
-		return fmt.Errorf("snapshot: %w", err)
-	}
-	h := sha256.New()
-	bw := bufio.NewWriterSize(io.MultiWriter(w, h), 64<<10)
-	rec := &recordWriter{w: bw}
-	bw.WriteString(snapshotMagic)
-	rec.begin('M')
-	rec.int(m.rev, m.compactRev, m.lastID, m.clusterID)
-
-	rows, err := tx.QueryContext(ctx, `SELECT id, rev, sub, create_rev, version, lease, deleted, kv_key, value FROM shimd_log ORDER BY id`)
-	if err != nil {
-		return fmt.Errorf("snapshot: %w", err)
-	}
-	for rows.Next() {
-		var id, rev, sub, create, version, lease int64
-		var deleted bool
-		var key, value []byte
-		if err := rows.Scan(&id, &rev, &sub, &create, &version, &lease, &deleted, &key, &value); err != nil {
-			rows.Close()
-			return fmt.Errorf("snapshot: %w", err)
-		}
-		del := int64(0)
-		if deleted {
-			del = 1
-		}
-		rec.begin('R')
-		rec.int(id, rev, sub, create, version, lease, del)
-		rec.bytes(key, value)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("snapshot: %w", err)
-	}
-	lrows, err := tx.QueryContext(ctx, `SELECT id, ttl, expires_at FROM shimd_lease ORDER BY id`)
-	if err != nil {
-		return fmt.Errorf("snapshot: %w", err)
-	}
-	for lrows.Next() {
-		var id, ttl, exp int64
-		if err := lrows.Scan(&id, &ttl, &exp); err != nil {
-			lrows.Close()
-			return fmt.Errorf("snapshot: %w", err)
-		}
-		rec.begin('L')
-		rec.int(id, ttl, exp)
-	}
-	lrows.Close()
-	if err := lrows.Err(); err != nil {
-		return fmt.Errorf("snapshot: %w", err)
-	}
-	rec.begin('E')
-	// etcd's client only accepts a snapshot whose body fills whole 512-byte
-	// blocks (a bbolt file always does) before the checksum.
-	if pad := (512 - (rec.n+len(snapshotMagic))%512) % 512; pad > 0 && rec.err == nil {
-		_, rec.err = bw.Write(make([]byte, pad))
-	}
-	if rec.err != nil {
-		return rec.err
-	}
-	if err := bw.Flush(); err != nil {
-		return err
-	}
-	_, err = w.Write(h.Sum(nil))
-	return err
-}
-
-type recordWriter struct {
-	w   *bufio.Writer
-	buf [binary.MaxVarintLen64]byte
-	n   int // bytes written
-	err error
-}
-
-func (r *recordWriter) write(b []byte) {
-	if r.err == nil {
-		var n int
-		n, r.err = r.w.Write(b)
-		r.n += n
-	}
-}
-
-func (r *recordWriter) begin(t byte) { r.write([]byte{t}) }
-
-func (r *recordWriter) int(vs ...int64) {
-	for _, v := range vs {
-		n := binary.PutVarint(r.buf[:], v)
-		r.write(r.buf[:n])
-	}
-}
-
-func (r *recordWriter) bytes(bs ...[]byte) {
-	for _, b := range bs {
-		r.int(int64(len(b)))
-		r.write(b)
-	}
-}
-
 // ErrNotEmpty means a restore was pointed at a database that holds data.
 var ErrNotEmpty = errors.New("the database is not empty: restore needs a fresh one")
 
-// Restore loads a snapshot written by WriteSnapshot into an empty database
+// restoreLegacy loads a SHIMD-SNAPSHOT-1 snapshot into an empty database
 // (one Open created and nothing has written). The snapshot's checksum is
 // verified before anything is written. Leases get their full TTL from now,
 // as etcd's do after a restore.
-func Restore(ctx context.Context, l *Log, r io.Reader) error {
+func restoreLegacy(ctx context.Context, l *Log, r io.Reader) error {
 	data, err := io.ReadAll(r)
 	if err != nil {
 		return err
@@ -249,4 +140,55 @@ func (r *recordReader) bytes() []byte {
 	out := r.b[:n]
 	r.b = r.b[n:]
 	return out
+}
+
+// statusLegacy reads a SHIMD-SNAPSHOT-1 file for `shimd snapshot status`.
+func statusLegacy(path string) (SnapshotStatus, error) {
+	ds := SnapshotStatus{Format: "shimd-1"}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ds, err
+	}
+	if len(data) < len(snapshotMagic)+sha256.Size {
+		return ds, ErrSnapshotChecksum
+	}
+	body, sum := data[:len(data)-sha256.Size], data[len(data)-sha256.Size:]
+	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
+		return ds, ErrSnapshotChecksum
+	}
+	ds.TotalSize = int64(len(data))
+	ds.Hash = crc32.Checksum(body, crc32.MakeTable(crc32.Castagnoli))
+	live := map[string]bool{}
+	rd := &recordReader{b: body[len(snapshotMagic):]}
+	for done := false; !done && rd.err == nil; {
+		switch t := rd.byte(); t {
+		case 'M':
+			ds.Revision = rd.int()
+			rd.int()
+			rd.int()
+			rd.int()
+		case 'R':
+			for range 6 {
+				rd.int()
+			}
+			del := rd.int() == 1
+			key := string(rd.bytes())
+			rd.bytes()
+			if del {
+				delete(live, key)
+			} else {
+				live[key] = true
+			}
+		case 'L':
+			rd.int()
+			rd.int()
+			rd.int()
+		case 'E':
+			done = true
+		default:
+			return ds, fmt.Errorf("snapshot: unknown record %q", t)
+		}
+	}
+	ds.TotalKey = len(live)
+	return ds, rd.err
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -32,6 +33,8 @@ const migratePage = 500
 // v3 endpoint (etcd itself, kine, another shimd) into an empty database.
 // The copy reads one consistent revision of the source and starts the new
 // log above that revision, so clients' remembered revisions stay valid.
+// With --history it copies every retained revision instead, through a
+// snapshot of the source (leases then get their full TTL, as in a restore).
 func migrateCommand(args []string) error {
 	fs := flag.NewFlagSet("shimd migrate", flag.ContinueOnError)
 	cfg := shimd.Config{ValueCacheSize: -1} // no cache: each value is written once
@@ -41,37 +44,14 @@ func migrateCommand(args []string) error {
 	keyFile := fs.String("from-key", "", "Client key for the source.")
 	fs.StringVar(&cfg.DataDir, "data-dir", "default.shimd", "Data directory to copy into (SQLite).")
 	fs.StringVar(&cfg.Endpoint, "endpoint", "", "Database to copy into; it must be empty.")
+	history := fs.Bool("history", false, "Copy every retained revision, not only the latest values, through a snapshot of the source (etcd or shimd; kine has none).")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *from == "" {
 		return errors.New("--from is required")
 	}
-	u, err := url.Parse(*from)
-	if err != nil || u.Host == "" {
-		return fmt.Errorf("--from %q is not a URL", *from)
-	}
-	creds := insecure.NewCredentials()
-	if u.Scheme == "https" {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if *caFile != "" {
-			pem, err := os.ReadFile(*caFile)
-			if err != nil {
-				return err
-			}
-			tc.RootCAs = x509.NewCertPool()
-			tc.RootCAs.AppendCertsFromPEM(pem)
-		}
-		if *certFile != "" {
-			cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
-			if err != nil {
-				return err
-			}
-			tc.Certificates = []tls.Certificate{cert}
-		}
-		creds = credentials.NewTLS(tc)
-	}
-	conn, err := grpc.NewClient(u.Host, grpc.WithTransportCredentials(creds), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
+	conn, err := dial(*from, *caFile, *certFile, *keyFile)
 	if err != nil {
 		return err
 	}
@@ -84,6 +64,9 @@ func migrateCommand(args []string) error {
 		return err
 	}
 	defer log.Close()
+	if *history {
+		return migrateHistory(ctx, conn, log, *from)
+	}
 	n, leases, rev, err := migrate(ctx, pb.NewKVClient(conn), pb.NewLeaseClient(conn), log)
 	if err != nil {
 		return err
@@ -171,4 +154,57 @@ func migrate(ctx context.Context, kv pb.KVClient, lc pb.LeaseClient, log *sqllog
 		}
 		key = append(page.Kvs[len(page.Kvs)-1].Key, 0)
 	}
+}
+
+// dial connects to an etcd v3 endpoint's client URL (http:// or https://,
+// with an optional CA and client certificate).
+func dial(from, caFile, certFile, keyFile string) (*grpc.ClientConn, error) {
+	u, err := url.Parse(from)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("%q is not a URL", from)
+	}
+	creds := insecure.NewCredentials()
+	if u.Scheme == "https" {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if caFile != "" {
+			pem, err := os.ReadFile(caFile)
+			if err != nil {
+				return nil, err
+			}
+			tc.RootCAs = x509.NewCertPool()
+			tc.RootCAs.AppendCertsFromPEM(pem)
+		}
+		if certFile != "" {
+			cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+			if err != nil {
+				return nil, err
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		creds = credentials.NewTLS(tc)
+	}
+	return grpc.NewClient(u.Host, grpc.WithTransportCredentials(creds), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
+}
+
+// migrateHistory copies the source's whole retained history: it takes a
+// snapshot of the source into a temporary file and restores it.
+func migrateHistory(ctx context.Context, conn *grpc.ClientConn, log *sqllog.Log, from string) error {
+	dir, err := os.MkdirTemp("", "shimd-migrate-*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	file := filepath.Join(dir, "snapshot.db")
+	if _, err := fetchSnapshot(ctx, conn, file); err != nil {
+		return fmt.Errorf("snapshot of %s: %w", from, err)
+	}
+	ds, err := sqllog.StatusSnapshot(file)
+	if err != nil {
+		return err
+	}
+	if err := sqllog.Restore(ctx, log, file, sqllog.RestoreOptions{}); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "copied the history of %s up to revision %d (%d keys live)\n", from, ds.Revision, ds.TotalKey)
+	return nil
 }
