@@ -1,0 +1,424 @@
+package storage
+
+// TestAPIServerStorage builds k8s.io/apiserver v0.37.2's own etcd3 storage
+// tests (package k8s.io/apiserver/pkg/storage/etcd3: store_test.go,
+// watcher_test.go, compact_test.go, lease_manager_test.go, ...) into one test
+// binary, unchanged except for where they get their server: in a copy of the
+// module, testserver.RunEtcd, which every one of those tests calls for a
+// fresh embedded etcd, is renamed and testdata/hook.go's RunEtcd added, which
+// starts either that embedded etcd 3.7.3 or a fresh in-process shimd on a
+// fresh store (package shimdtest). The binary then runs once per backend
+// (etcd, sqlite, postgres, mariadb), and every test, subtests included,
+// must end the same on shimd as on etcd.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shimd/shimd/conformance/kube/storage/v0.37/shimdtest"
+)
+
+const (
+	etcd3Pkg = "k8s.io/apiserver/pkg/storage/etcd3"
+
+	defaultPostgresDSN = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	defaultMySQLDSN    = "mysql://root@tcp(127.0.0.1:3306)/test"
+)
+
+// Environment of TestAPIServerStorage.
+const (
+	// envBackends selects backends (comma-separated; etcd always runs, as
+	// the reference): default sqlite,postgres,mariadb.
+	envBackends = "KUBE_STORAGE_BACKENDS"
+	// envRun is passed to the etcd3 test binary as -test.run.
+	envRun = "KUBE_STORAGE_RUN"
+	// envLogDir keeps each backend's test2json output there (default: the
+	// test's temporary directory, logged).
+	envLogDir  = "KUBE_STORAGE_LOGDIR"
+	envPG      = "SHIMD_TEST_POSTGRES"
+	envMySQL   = "SHIMD_TEST_MYSQL"
+	envRequire = "SHIMD_REQUIRE_BACKENDS"
+)
+
+// result is how one test (or subtest) of the etcd3 binary ended.
+type result struct {
+	action string // pass, fail or skip
+	output []string
+}
+
+// run is one backend's run of the etcd3 binary.
+type run struct {
+	backend  string
+	results  map[string]*result
+	elapsed  time.Duration
+	exitErr  error
+	logFile  string
+	rawTail  []string // output outside any test (panics, build errors)
+	started  int      // shimd servers started (shimdtest's log lines)
+	panicked bool
+}
+
+func (r *run) count(action string) int {
+	n := 0
+	for _, res := range r.results {
+		if res.action == action {
+			n++
+		}
+	}
+	return n
+}
+
+func TestAPIServerStorage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs k8s.io/apiserver's etcd3 tests once per backend (minutes)")
+	}
+	work := t.TempDir()
+	logDir := os.Getenv(envLogDir)
+	if logDir == "" {
+		logDir = work
+	}
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin, pkgDir := buildEtcd3Tests(t, work)
+	shimdBin := buildShimd(t, work)
+
+	backends := []string{"sqlite", "postgres", "mariadb"}
+	if v := strings.TrimSpace(os.Getenv(envBackends)); v != "" {
+		backends = strings.Split(v, ",")
+	}
+	runs := map[string]*run{}
+	order := []string{"etcd"}
+	runs["etcd"] = runEtcd3Tests(t, bin, pkgDir, logDir, "etcd", "", "")
+	if runs["etcd"].count("pass") == 0 {
+		t.Fatalf("no test passed against the reference etcd; see %s", runs["etcd"].logFile)
+	}
+	for _, b := range backends {
+		b = strings.TrimSpace(b)
+		dsn, err := backendDSN(b)
+		if err != nil {
+			if os.Getenv(envRequire) == "1" {
+				t.Errorf("%s: %v (%s=1)", b, err, envRequire)
+			} else {
+				t.Logf("NOTICE: backend %s SKIPPED: %v", b, err)
+				fmt.Fprintf(os.Stderr, "kube-storage: NOTICE: backend %s SKIPPED: %v\n", b, err)
+			}
+			continue
+		}
+		order = append(order, b)
+		runs[b] = runEtcd3Tests(t, bin, pkgDir, logDir, b, dsn, shimdBin)
+	}
+
+	for _, b := range order[1:] {
+		t.Run(b, func(t *testing.T) { compareRuns(t, runs["etcd"], runs[b]) })
+	}
+	t.Run("etcd", func(t *testing.T) {
+		// The reference's own failures are not shimd's, but they are shown:
+		// a test that fails on etcd fails on shimd too or is reported above.
+		for _, name := range names(runs["etcd"], "fail") {
+			t.Logf("fails against etcd 3.7.3 as well: %s", name)
+		}
+		if runs["etcd"].panicked {
+			t.Errorf("the etcd3 tests did not finish against etcd: %v\n%s", runs["etcd"].exitErr, strings.Join(runs["etcd"].rawTail, "\n"))
+		}
+	})
+
+	var sum strings.Builder
+	fmt.Fprintf(&sum, "%-9s %6s %6s %6s %9s\n", "backend", "pass", "fail", "skip", "time")
+	for _, b := range order {
+		r := runs[b]
+		fmt.Fprintf(&sum, "%-9s %6d %6d %6d %9s\n", b, r.count("pass"), r.count("fail"), r.count("skip"), r.elapsed.Round(time.Second))
+	}
+	t.Logf("k8s.io/apiserver v0.37.2 %s tests (tests and subtests), logs in %s:\n%s", etcd3Pkg, logDir, sum.String())
+}
+
+// backendDSN returns the database server for b's stores ("" for SQLite),
+// or why b cannot run.
+func backendDSN(b string) (string, error) {
+	var dsn string
+	switch b {
+	case "sqlite":
+		return "", nil
+	case "postgres":
+		dsn = envOr(envPG, defaultPostgresDSN)
+	case "mariadb":
+		dsn = envOr(envMySQL, defaultMySQLDSN)
+	default:
+		return "", fmt.Errorf("unknown backend (sqlite, postgres, mariadb)")
+	}
+	if dsn == "off" {
+		return "", fmt.Errorf("turned off")
+	}
+	db, err := shimdtest.OpenAdmin(b, dsn)
+	if err != nil {
+		return "", err
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := db.PingContext(ctx); err != nil {
+		return "", fmt.Errorf("unreachable: %w", err)
+	}
+	return dsn, nil
+}
+
+func envOr(name, def string) string {
+	if v := strings.TrimSpace(os.Getenv(name)); v != "" {
+		return v
+	}
+	return def
+}
+
+// buildEtcd3Tests compiles the etcd3 package's tests and returns the binary
+// and the package's source directory (where go test would run it). The
+// go command does not overlay files of the module cache, so k8s.io/apiserver
+// is copied into .cache/ (a stable path: the build cache stays valid) and
+// the build uses a go.mod with a replace directive for it: the copy differs
+// from the module only in testserver, where upstream's RunEtcd becomes
+// runEmbeddedEtcd and testdata/hook.go's RunEtcd calls it or starts shimd.
+func buildEtcd3Tests(t *testing.T, work string) (bin, pkgDir string) {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}} {{.Version}}", "k8s.io/apiserver").Output()
+	if err != nil {
+		t.Fatalf("go list -m k8s.io/apiserver: %v", err)
+	}
+	f := strings.Fields(string(out))
+	if len(f) != 2 {
+		t.Fatalf("go list -m k8s.io/apiserver: %q", out)
+	}
+	src, version := f[0], f[1]
+	here, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(here, ".cache", "apiserver@"+version)
+	if err := os.RemoveAll(dst); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range [][]string{{"cp", "-R", src, dst}, {"chmod", "-R", "u+w", dst}} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", c, err, out)
+		}
+	}
+
+	tsDir := filepath.Join(dst, "pkg", "storage", "etcd3", "testserver")
+	orig := filepath.Join(tsDir, "test_server.go")
+	code, err := os.ReadFile(orig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := bytes.Count(code, []byte("\nfunc RunEtcd(")); n != 1 {
+		t.Fatalf("%s: %d definitions of RunEtcd, want 1 (has testserver changed?)", orig, n)
+	}
+	code = bytes.Replace(code, []byte("\nfunc RunEtcd("), []byte("\nfunc runEmbeddedEtcd("), 1)
+	if err := os.WriteFile(orig, code, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hook, err := os.ReadFile(filepath.Join("testdata", "hook.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tsDir, "shimd_hook.go"), hook, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	modFile := filepath.Join(work, "go.mod")
+	for _, name := range []string{"go.mod", "go.sum"} {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(work, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root, err := filepath.Abs(filepath.Join("..", "..", "..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	edit := exec.Command("go", "mod", "edit", "-modfile", modFile,
+		"-replace", "k8s.io/apiserver="+dst, "-replace", "github.com/shimd/shimd="+root)
+	if out, err := edit.CombinedOutput(); err != nil {
+		t.Fatalf("go mod edit: %v\n%s", err, out)
+	}
+
+	bin = filepath.Join(work, "etcd3.test")
+	start := time.Now()
+	cmd := exec.Command("go", "test", "-c", "-modfile", modFile, "-o", bin, etcd3Pkg)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building the %s tests: %v\n%s", etcd3Pkg, err, out)
+	}
+	t.Logf("built the %s %s tests in %s", etcd3Pkg, version, time.Since(start).Round(time.Second))
+	return bin, filepath.Join(dst, "pkg", "storage", "etcd3")
+}
+
+// buildShimd builds cmd/shimd from the repository's root module (as shipped,
+// with its own dependency versions), unless SHIMD_BIN names a binary.
+func buildShimd(t *testing.T, work string) string {
+	t.Helper()
+	if bin := os.Getenv("SHIMD_BIN"); bin != "" {
+		abs, err := filepath.Abs(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return abs
+	}
+	bin := filepath.Join(work, "shimd")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/shimd")
+	cmd.Dir = filepath.Join("..", "..", "..", "..")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building shimd: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// runEtcd3Tests runs the binary against backend and collects how each test
+// ended, from test2json's events.
+func runEtcd3Tests(t *testing.T, bin, pkgDir, logDir, backend, dsn, shimdBin string) *run {
+	t.Helper()
+	r := &run{backend: backend, results: map[string]*result{}, logFile: filepath.Join(logDir, backend+".json")}
+	logf, err := os.Create(r.logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+
+	args := []string{"tool", "test2json", "-t", "-p", "etcd3", bin, "-test.v=test2json", "-test.count=1", "-test.timeout=40m"}
+	if v := os.Getenv(envRun); v != "" {
+		args = append(args, "-test.run", v)
+	}
+	cmd := exec.Command("go", args...)
+	cmd.Dir = pkgDir
+	cmd.Env = append(os.Environ(), shimdtest.EnvBackend+"="+backend, shimdtest.EnvDSN+"="+dsn, shimdtest.EnvBin+"="+shimdBin)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stdout)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		logf.Write(line)
+		logf.Write([]byte{'\n'})
+		var ev struct {
+			Action string
+			Test   string
+			Output string
+		}
+		if json.Unmarshal(line, &ev) != nil {
+			r.rawTail = tail(r.rawTail, string(line))
+			continue
+		}
+		if ev.Test == "" {
+			if ev.Action == "output" {
+				r.rawTail = tail(r.rawTail, strings.TrimRight(ev.Output, "\n"))
+				if strings.HasPrefix(ev.Output, "panic:") || strings.Contains(ev.Output, "test timed out") {
+					r.panicked = true
+				}
+			}
+			continue
+		}
+		res := r.results[ev.Test]
+		if res == nil {
+			res = &result{}
+			r.results[ev.Test] = res
+		}
+		switch ev.Action {
+		case "output":
+			if strings.Contains(ev.Output, shimdtest.StartedMarker) {
+				r.started++
+			}
+			if len(res.output) < 400 {
+				res.output = append(res.output, strings.TrimRight(ev.Output, "\n"))
+			}
+			if strings.HasPrefix(ev.Output, "panic:") {
+				r.panicked = true
+			}
+		case "pass", "fail", "skip":
+			res.action = ev.Action
+		}
+	}
+	r.exitErr = cmd.Wait()
+	r.elapsed = time.Since(start)
+	// A test that never ended (panic, timeout) counts as failed.
+	for _, res := range r.results {
+		if res.action == "" {
+			res.action = "fail"
+		}
+	}
+	t.Logf("%s: %d passed, %d failed, %d skipped in %s (exit: %v)", backend, r.count("pass"), r.count("fail"), r.count("skip"), r.elapsed.Round(time.Second), r.exitErr)
+	return r
+}
+
+func tail(lines []string, line string) []string {
+	lines = append(lines, line)
+	if len(lines) > 60 {
+		lines = lines[len(lines)-60:]
+	}
+	return lines
+}
+
+func names(r *run, action string) []string {
+	var ns []string
+	for n, res := range r.results {
+		if res.action == action {
+			ns = append(ns, n)
+		}
+	}
+	sort.Strings(ns)
+	return ns
+}
+
+// compareRuns fails for every test that does not end on shimd as on etcd.
+func compareRuns(t *testing.T, ref, got *run) {
+	var all []string
+	for n := range ref.results {
+		all = append(all, n)
+	}
+	for n := range got.results {
+		if _, ok := ref.results[n]; !ok {
+			all = append(all, n)
+		}
+	}
+	sort.Strings(all)
+	same := 0
+	for _, n := range all {
+		want, have := ref.results[n], got.results[n]
+		switch {
+		case want == nil:
+			t.Errorf("%s ran on %s (%s) but not on etcd", n, got.backend, have.action)
+		case have == nil:
+			t.Errorf("%s ran on etcd (%s) but not on %s", n, want.action, got.backend)
+		case want.action != have.action:
+			t.Errorf("%s: %s on etcd, %s on %s; its output on %s:\n%s", n, want.action, have.action, got.backend, got.backend, strings.Join(have.output, "\n"))
+		default:
+			same++
+		}
+	}
+	if got.started == 0 {
+		t.Errorf("no shimd was started on %s: the tests did not run against shimd", got.backend)
+	}
+	if got.panicked {
+		t.Errorf("the etcd3 tests did not finish on %s: %v\n%s", got.backend, got.exitErr, strings.Join(got.rawTail, "\n"))
+	}
+	t.Logf("%d of %d tests end as on etcd (%s: %d passed, %d failed, %d skipped; %d shimd servers started)", same, len(all), got.backend, got.count("pass"), got.count("fail"), got.count("skip"), got.started)
+}
