@@ -1,15 +1,16 @@
 package storage
 
-// TestAPIServerStorage builds k8s.io/apiserver v0.37.2's own etcd3 storage
-// tests (package k8s.io/apiserver/pkg/storage/etcd3: store_test.go,
-// watcher_test.go, compact_test.go, lease_manager_test.go, ...) into one test
-// binary, unchanged except for where they get their server: in a copy of the
+// TestAPIServerStorage builds k8s.io/apiserver v0.37.2's own storage tests
+// into test binaries: package k8s.io/apiserver/pkg/storage/etcd3
+// (store_test.go, watcher_test.go, compact_test.go, lease_manager_test.go,
+// ...) and the watch cache on top of it, .../storage/cacher. They are
+// unchanged except for where they get their server: in a copy of the
 // module, testserver.RunEtcd, which every one of those tests calls for a
-// fresh embedded etcd, is renamed and testdata/hook.go's RunEtcd added, which
-// starts either that embedded etcd 3.7.3 or a fresh in-process shimd on a
-// fresh store (package shimdtest). The binary then runs once per backend
-// (etcd, sqlite, postgres, mariadb), and every test, subtests included,
-// must end the same on shimd as on etcd.
+// fresh embedded etcd, is renamed runEmbeddedEtcd and testdata/hook.go's
+// RunEtcd added, which starts either that embedded etcd 3.7.3 or a fresh
+// shimd process on a fresh store (package shimdtest). Each binary then runs
+// once per backend (etcd, sqlite, postgres, mariadb), and every test,
+// subtests included, must end the same on shimd as on etcd.
 
 import (
 	"bufio"
@@ -28,8 +29,13 @@ import (
 	"github.com/shimd/shimd/conformance/kube/storage/v0.37/shimdtest"
 )
 
+// suites are the packages run by default: etcd3's own tests, and the
+// watch cache's (cacher), which run on an etcd3 store too. Every test in
+// them that starts a server gets it from testserver.RunEtcd.
+var suites = []string{"etcd3", "cacher"}
+
 const (
-	etcd3Pkg = "k8s.io/apiserver/pkg/storage/etcd3"
+	storagePkg = "k8s.io/apiserver/pkg/storage/"
 
 	defaultPostgresDSN = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 	defaultMySQLDSN    = "mysql://root@tcp(127.0.0.1:3306)/test"
@@ -40,8 +46,11 @@ const (
 	// envBackends selects backends (comma-separated; etcd always runs, as
 	// the reference): default sqlite,postgres,mariadb.
 	envBackends = "KUBE_STORAGE_BACKENDS"
-	// envRun is passed to the etcd3 test binary as -test.run.
+	// envRun is passed to the test binaries as -test.run.
 	envRun = "KUBE_STORAGE_RUN"
+	// envSuites selects packages under k8s.io/apiserver/pkg/storage/
+	// (comma-separated; default etcd3,cacher).
+	envSuites = "KUBE_STORAGE_PACKAGES"
 	// envLogDir keeps each backend's test2json output there (default: the
 	// test's temporary directory, logged).
 	envLogDir  = "KUBE_STORAGE_LOGDIR"
@@ -56,31 +65,53 @@ type result struct {
 	output []string
 }
 
-// run is one backend's run of the etcd3 binary.
+// suite is one package's test binary.
+type suite struct {
+	name string // under k8s.io/apiserver/pkg/storage/
+	bin  string
+	dir  string // the package's source directory, where go test runs it
+}
+
+// run is one backend's run of every suite's binary; results are keyed
+// suite/TestName/subtest.
 type run struct {
 	backend  string
 	results  map[string]*result
-	elapsed  time.Duration
-	exitErr  error
-	logFile  string
+	elapsed  map[string]time.Duration // per suite
+	exitErr  []error
+	logFiles []string
 	rawTail  []string // output outside any test (panics, build errors)
 	started  int      // shimd servers started (shimdtest's log lines)
 	panicked bool
 }
 
-func (r *run) count(action string) int {
+func (r *run) count(action string) int { return r.countIn("", action) }
+
+// countIn counts the tests of suite ("": all) that ended with action.
+func (r *run) countIn(suite, action string) int {
 	n := 0
-	for _, res := range r.results {
-		if res.action == action {
+	for name, res := range r.results {
+		if res.action == action && (suite == "" || strings.HasPrefix(name, suite+"/")) {
 			n++
 		}
 	}
 	return n
 }
 
+func (r *run) names(action string) []string {
+	var ns []string
+	for n, res := range r.results {
+		if res.action == action {
+			ns = append(ns, n)
+		}
+	}
+	sort.Strings(ns)
+	return ns
+}
+
 func TestAPIServerStorage(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds and runs k8s.io/apiserver's etcd3 tests once per backend (minutes)")
+		t.Skip("builds and runs k8s.io/apiserver's storage tests once per backend (minutes)")
 	}
 	work := t.TempDir()
 	logDir := os.Getenv(envLogDir)
@@ -90,7 +121,11 @@ func TestAPIServerStorage(t *testing.T) {
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	bin, pkgDir := buildEtcd3Tests(t, work)
+	names := suites
+	if v := strings.TrimSpace(os.Getenv(envSuites)); v != "" {
+		names = strings.Split(v, ",")
+	}
+	ss := buildTests(t, work, names)
 	shimdBin := buildShimd(t, work)
 
 	backends := []string{"sqlite", "postgres", "mariadb"}
@@ -99,9 +134,9 @@ func TestAPIServerStorage(t *testing.T) {
 	}
 	runs := map[string]*run{}
 	order := []string{"etcd"}
-	runs["etcd"] = runEtcd3Tests(t, bin, pkgDir, logDir, "etcd", "", "")
+	runs["etcd"] = runTests(t, ss, logDir, "etcd", "", "")
 	if runs["etcd"].count("pass") == 0 {
-		t.Fatalf("no test passed against the reference etcd; see %s", runs["etcd"].logFile)
+		t.Fatalf("no test passed against the reference etcd; see %s", runs["etcd"].logFiles)
 	}
 	for _, b := range backends {
 		b = strings.TrimSpace(b)
@@ -116,7 +151,7 @@ func TestAPIServerStorage(t *testing.T) {
 			continue
 		}
 		order = append(order, b)
-		runs[b] = runEtcd3Tests(t, bin, pkgDir, logDir, b, dsn, shimdBin)
+		runs[b] = runTests(t, ss, logDir, b, dsn, shimdBin)
 	}
 
 	for _, b := range order[1:] {
@@ -125,21 +160,23 @@ func TestAPIServerStorage(t *testing.T) {
 	t.Run("etcd", func(t *testing.T) {
 		// The reference's own failures are not shimd's, but they are shown:
 		// a test that fails on etcd fails on shimd too or is reported above.
-		for _, name := range names(runs["etcd"], "fail") {
+		for _, name := range runs["etcd"].names("fail") {
 			t.Logf("fails against etcd 3.7.3 as well: %s", name)
 		}
 		if runs["etcd"].panicked {
-			t.Errorf("the etcd3 tests did not finish against etcd: %v\n%s", runs["etcd"].exitErr, strings.Join(runs["etcd"].rawTail, "\n"))
+			t.Errorf("the tests did not finish against etcd: %v\n%s", runs["etcd"].exitErr, strings.Join(runs["etcd"].rawTail, "\n"))
 		}
 	})
 
 	var sum strings.Builder
-	fmt.Fprintf(&sum, "%-9s %6s %6s %6s %9s\n", "backend", "pass", "fail", "skip", "time")
+	fmt.Fprintf(&sum, "%-9s %-8s %6s %6s %6s %9s\n", "backend", "package", "pass", "fail", "skip", "time")
 	for _, b := range order {
 		r := runs[b]
-		fmt.Fprintf(&sum, "%-9s %6d %6d %6d %9s\n", b, r.count("pass"), r.count("fail"), r.count("skip"), r.elapsed.Round(time.Second))
+		for _, s := range ss {
+			fmt.Fprintf(&sum, "%-9s %-8s %6d %6d %6d %9s\n", b, s.name, r.countIn(s.name, "pass"), r.countIn(s.name, "fail"), r.countIn(s.name, "skip"), r.elapsed[s.name].Round(time.Second))
+		}
 	}
-	t.Logf("k8s.io/apiserver v0.37.2 %s tests (tests and subtests), logs in %s:\n%s", etcd3Pkg, logDir, sum.String())
+	t.Logf("k8s.io/apiserver v0.37.2 storage tests (tests and subtests), logs in %s:\n%s", logDir, sum.String())
 }
 
 // backendDSN returns the database server for b's stores ("" for SQLite),
@@ -179,14 +216,13 @@ func envOr(name, def string) string {
 	return def
 }
 
-// buildEtcd3Tests compiles the etcd3 package's tests and returns the binary
-// and the package's source directory (where go test would run it). The
-// go command does not overlay files of the module cache, so k8s.io/apiserver
+// buildTests compiles the tests of the named packages under
+// k8s.io/apiserver/pkg/storage/. The go command does not overlay files of the module cache, so k8s.io/apiserver
 // is copied into .cache/ (a stable path: the build cache stays valid) and
 // the build uses a go.mod with a replace directive for it: the copy differs
 // from the module only in testserver, where upstream's RunEtcd becomes
 // runEmbeddedEtcd and testdata/hook.go's RunEtcd calls it or starts shimd.
-func buildEtcd3Tests(t *testing.T, work string) (bin, pkgDir string) {
+func buildTests(t *testing.T, work string, names []string) []suite {
 	t.Helper()
 	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}} {{.Version}}", "k8s.io/apiserver").Output()
 	if err != nil {
@@ -255,14 +291,19 @@ func buildEtcd3Tests(t *testing.T, work string) (bin, pkgDir string) {
 		t.Fatalf("go mod edit: %v\n%s", err, out)
 	}
 
-	bin = filepath.Join(work, "etcd3.test")
-	start := time.Now()
-	cmd := exec.Command("go", "test", "-c", "-modfile", modFile, "-o", bin, etcd3Pkg)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building the %s tests: %v\n%s", etcd3Pkg, err, out)
+	var ss []suite
+	for _, name := range names {
+		name = strings.TrimSpace(name)
+		s := suite{name: name, bin: filepath.Join(work, strings.ReplaceAll(name, "/", "_")+".test"), dir: filepath.Join(dst, "pkg", "storage", name)}
+		start := time.Now()
+		cmd := exec.Command("go", "test", "-c", "-modfile", modFile, "-o", s.bin, storagePkg+name)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("building the %s tests: %v\n%s", storagePkg+name, err, out)
+		}
+		t.Logf("built the %s %s tests in %s", storagePkg+name, version, time.Since(start).Round(time.Second))
+		ss = append(ss, s)
 	}
-	t.Logf("built the %s %s tests in %s", etcd3Pkg, version, time.Since(start).Round(time.Second))
-	return bin, filepath.Join(dst, "pkg", "storage", "etcd3")
+	return ss
 }
 
 // buildShimd builds cmd/shimd from the repository's root module (as shipped,
@@ -286,24 +327,36 @@ func buildShimd(t *testing.T, work string) string {
 	return bin
 }
 
-// runEtcd3Tests runs the binary against backend and collects how each test
-// ended, from test2json's events.
-func runEtcd3Tests(t *testing.T, bin, pkgDir, logDir, backend, dsn, shimdBin string) *run {
+// runTests runs every suite's binary against backend.
+func runTests(t *testing.T, ss []suite, logDir, backend, dsn, shimdBin string) *run {
 	t.Helper()
-	r := &run{backend: backend, results: map[string]*result{}, logFile: filepath.Join(logDir, backend+".json")}
-	logf, err := os.Create(r.logFile)
+	r := &run{backend: backend, results: map[string]*result{}, elapsed: map[string]time.Duration{}}
+	for _, s := range ss {
+		runSuite(t, r, s, logDir, dsn, shimdBin)
+		t.Logf("%s %s: %d passed, %d failed, %d skipped in %s", backend, s.name, r.countIn(s.name, "pass"), r.countIn(s.name, "fail"), r.countIn(s.name, "skip"), r.elapsed[s.name].Round(time.Second))
+	}
+	return r
+}
+
+// runSuite runs one binary against r.backend and collects how each test
+// ended, from test2json's events.
+func runSuite(t *testing.T, r *run, s suite, logDir, dsn, shimdBin string) {
+	t.Helper()
+	logFile := filepath.Join(logDir, r.backend+"-"+strings.ReplaceAll(s.name, "/", "_")+".json")
+	r.logFiles = append(r.logFiles, logFile)
+	logf, err := os.Create(logFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer logf.Close()
 
-	args := []string{"tool", "test2json", "-t", "-p", "etcd3", bin, "-test.v=test2json", "-test.count=1", "-test.timeout=40m"}
+	args := []string{"tool", "test2json", "-t", "-p", s.name, s.bin, "-test.v=test2json", "-test.count=1", "-test.timeout=40m"}
 	if v := os.Getenv(envRun); v != "" {
 		args = append(args, "-test.run", v)
 	}
 	cmd := exec.Command("go", args...)
-	cmd.Dir = pkgDir
-	cmd.Env = append(os.Environ(), shimdtest.EnvBackend+"="+backend, shimdtest.EnvDSN+"="+dsn, shimdtest.EnvBin+"="+shimdBin)
+	cmd.Dir = s.dir
+	cmd.Env = append(os.Environ(), shimdtest.EnvBackend+"="+r.backend, shimdtest.EnvDSN+"="+dsn, shimdtest.EnvBin+"="+shimdBin)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -315,6 +368,7 @@ func runEtcd3Tests(t *testing.T, bin, pkgDir, logDir, backend, dsn, shimdBin str
 	}
 	sc := bufio.NewScanner(stdout)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	seen := map[string]bool{}
 	for sc.Scan() {
 		line := sc.Bytes()
 		logf.Write(line)
@@ -328,6 +382,9 @@ func runEtcd3Tests(t *testing.T, bin, pkgDir, logDir, backend, dsn, shimdBin str
 			r.rawTail = tail(r.rawTail, string(line))
 			continue
 		}
+		if strings.Contains(ev.Output, shimdtest.StartedMarker) {
+			r.started++
+		}
 		if ev.Test == "" {
 			if ev.Action == "output" {
 				r.rawTail = tail(r.rawTail, strings.TrimRight(ev.Output, "\n"))
@@ -337,16 +394,15 @@ func runEtcd3Tests(t *testing.T, bin, pkgDir, logDir, backend, dsn, shimdBin str
 			}
 			continue
 		}
-		res := r.results[ev.Test]
+		name := s.name + "/" + ev.Test
+		seen[name] = true
+		res := r.results[name]
 		if res == nil {
 			res = &result{}
-			r.results[ev.Test] = res
+			r.results[name] = res
 		}
 		switch ev.Action {
 		case "output":
-			if strings.Contains(ev.Output, shimdtest.StartedMarker) {
-				r.started++
-			}
 			if len(res.output) < 400 {
 				res.output = append(res.output, strings.TrimRight(ev.Output, "\n"))
 			}
@@ -357,16 +413,16 @@ func runEtcd3Tests(t *testing.T, bin, pkgDir, logDir, backend, dsn, shimdBin str
 			res.action = ev.Action
 		}
 	}
-	r.exitErr = cmd.Wait()
-	r.elapsed = time.Since(start)
+	if err := cmd.Wait(); err != nil {
+		r.exitErr = append(r.exitErr, fmt.Errorf("%s: %w", s.name, err))
+	}
+	r.elapsed[s.name] = time.Since(start)
 	// A test that never ended (panic, timeout) counts as failed.
-	for _, res := range r.results {
-		if res.action == "" {
-			res.action = "fail"
+	for name := range seen {
+		if r.results[name].action == "" {
+			r.results[name].action = "fail"
 		}
 	}
-	t.Logf("%s: %d passed, %d failed, %d skipped in %s (exit: %v)", backend, r.count("pass"), r.count("fail"), r.count("skip"), r.elapsed.Round(time.Second), r.exitErr)
-	return r
 }
 
 func tail(lines []string, line string) []string {
@@ -375,17 +431,6 @@ func tail(lines []string, line string) []string {
 		lines = lines[len(lines)-60:]
 	}
 	return lines
-}
-
-func names(r *run, action string) []string {
-	var ns []string
-	for n, res := range r.results {
-		if res.action == action {
-			ns = append(ns, n)
-		}
-	}
-	sort.Strings(ns)
-	return ns
 }
 
 // compareRuns fails for every test that does not end on shimd as on etcd.
@@ -414,11 +459,11 @@ func compareRuns(t *testing.T, ref, got *run) {
 			same++
 		}
 	}
-	if got.started == 0 {
+	if got.started == 0 && len(all) > 0 {
 		t.Errorf("no shimd was started on %s: the tests did not run against shimd", got.backend)
 	}
 	if got.panicked {
-		t.Errorf("the etcd3 tests did not finish on %s: %v\n%s", got.backend, got.exitErr, strings.Join(got.rawTail, "\n"))
+		t.Errorf("the tests did not finish on %s: %v\n%s", got.backend, got.exitErr, strings.Join(got.rawTail, "\n"))
 	}
 	t.Logf("%d of %d tests end as on etcd (%s: %d passed, %d failed, %d skipped; %d shimd servers started)", same, len(all), got.backend, got.count("pass"), got.count("fail"), got.count("skip"), got.started)
 }
