@@ -56,7 +56,7 @@ kube:
 # k8s.io/apiserver v0.37.2's own storage tests (packages storage/etcd3 and
 # storage/cacher), unchanged but for their server: against embedded etcd
 # 3.7.3, then shimd on SQLite, PostgreSQL and MariaDB; every test must end
-# as on etcd (~12 min warm; KUBE_STORAGE_BACKENDS=sqlite for one backend;
+# as on etcd (~14 min warm; KUBE_STORAGE_BACKENDS=sqlite for one backend;
 # see conformance/kube/README.md).
 .PHONY: kube-storage
 kube-storage:

@@ -51,8 +51,8 @@ const (
 	// envSuites selects packages under k8s.io/apiserver/pkg/storage/
 	// (comma-separated; default etcd3,cacher).
 	envSuites = "KUBE_STORAGE_PACKAGES"
-	// envLogDir keeps each backend's test2json output there (default: the
-	// test's temporary directory, logged).
+	// envLogDir keeps each backend's test2json output there (default:
+	// .cache/runs/<time>, the last 10 kept).
 	envLogDir  = "KUBE_STORAGE_LOGDIR"
 	envPG      = "SHIMD_TEST_POSTGRES"
 	envMySQL   = "SHIMD_TEST_MYSQL"
@@ -116,7 +116,7 @@ func TestAPIServerStorage(t *testing.T) {
 	work := t.TempDir()
 	logDir := os.Getenv(envLogDir)
 	if logDir == "" {
-		logDir = work
+		logDir = newRunDir(t)
 	}
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		t.Fatal(err)
@@ -179,6 +179,27 @@ func TestAPIServerStorage(t *testing.T) {
 	t.Logf("k8s.io/apiserver v0.37.2 storage tests (tests and subtests), logs in %s:\n%s", logDir, sum.String())
 }
 
+// newRunDir makes .cache/runs/<time> and removes all but the newest 10
+// runs.
+func newRunDir(t *testing.T) string {
+	t.Helper()
+	runs := filepath.Join(".cache", "runs")
+	dir := filepath.Join(runs, time.Now().UTC().Format("20060102-150405"))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if old, err := os.ReadDir(runs); err == nil && len(old) > 10 {
+		for _, e := range old[:len(old)-10] { // ReadDir sorts by name: oldest first
+			_ = os.RemoveAll(filepath.Join(runs, e.Name()))
+		}
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return abs
+}
+
 // backendDSN returns the database server for b's stores ("" for SQLite),
 // or why b cannot run.
 func backendDSN(b string) (string, error) {
@@ -205,6 +226,12 @@ func backendDSN(b string) (string, error) {
 	defer cancel()
 	if err := db.PingContext(ctx); err != nil {
 		return "", fmt.Errorf("unreachable: %w", err)
+	}
+	// Stores of killed runs (the names embed their creation time).
+	if n, err := shimdtest.DropStale(ctx, b, db, 12*time.Hour); err != nil {
+		return "", fmt.Errorf("dropping stale stores: %w", err)
+	} else if n > 0 {
+		fmt.Fprintf(os.Stderr, "kube-storage: dropped %d stale %s stores\n", n, b)
 	}
 	return dsn, nil
 }

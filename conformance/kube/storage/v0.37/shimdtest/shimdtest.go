@@ -164,6 +164,47 @@ func start(t testing.TB, bin, dataDir, endpoint string, opts Options) (string, e
 	return clientURL, nil
 }
 
+// storePrefix starts every store's name, followed by its creation time
+// (Unix seconds) and a random part.
+const storePrefix = "shimd_st_"
+
+// DropStale drops the stores on db's server older than age: left by a run
+// that was killed before its cleanup. It returns how many it dropped.
+func DropStale(ctx context.Context, backend string, db *sql.DB, age time.Duration) (int, error) {
+	q := `SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'shimd\_st\_%'`
+	drop := "DROP SCHEMA IF EXISTS %s CASCADE"
+	if backend == "mariadb" {
+		q = `SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'shimd\_st\_%'`
+		drop = "DROP DATABASE IF EXISTS %s"
+	}
+	rows, err := db.QueryContext(ctx, q)
+	if err != nil {
+		return 0, err
+	}
+	var stale []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		ts, _, _ := strings.Cut(strings.TrimPrefix(name, storePrefix), "_")
+		if sec, err := strconv.ParseInt(ts, 10, 64); err == nil && time.Since(time.Unix(sec, 0)) > age {
+			stale = append(stale, name)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	for _, name := range stale {
+		if _, err := db.ExecContext(ctx, fmt.Sprintf(drop, name)); err != nil {
+			return 0, err
+		}
+	}
+	return len(stale), nil
+}
+
 // newStore creates a PostgreSQL schema or a MariaDB database on the server
 // of dsn, registers its removal with t, and returns shimd's endpoint for it.
 func newStore(t testing.TB, backend, dsn string) (string, error) {
@@ -176,7 +217,7 @@ func newStore(t testing.TB, backend, dsn string) (string, error) {
 	}
 	var rnd [5]byte
 	_, _ = rand.Read(rnd[:])
-	name := fmt.Sprintf("shimd_st_%d_%s", time.Now().Unix(), hex.EncodeToString(rnd[:]))
+	name := fmt.Sprintf("%s%d_%s", storePrefix, time.Now().Unix(), hex.EncodeToString(rnd[:]))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var endpoint string
