@@ -480,6 +480,9 @@ func compareRuns(t *testing.T, ref, got *run) {
 			t.Errorf("%s ran on %s (%s) but not on etcd", n, got.backend, have.action)
 		case have == nil:
 			t.Errorf("%s ran on etcd (%s) but not on %s", n, want.action, got.backend)
+		case want.action == "fail" && have.action == "pass":
+			// Not shimd's failure: listed under TestAPIServerStorage/etcd.
+			t.Logf("%s: fails on etcd but passes on %s", n, got.backend)
 		case want.action != have.action:
 			t.Errorf("%s: %s on etcd, %s on %s; its output on %s:\n%s", n, want.action, have.action, got.backend, got.backend, strings.Join(have.output, "\n"))
 		default:
