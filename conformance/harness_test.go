@@ -32,6 +32,9 @@ var (
 	sutBin      string // binary under test
 	sutBuildErr error
 	sutName     = "shimd"
+	// runBinDir holds the programs built for this run of the test binary
+	// (shimd, etcd 3.6); TestMain removes it at the end.
+	runBinDir string
 )
 
 func TestMain(m *testing.M) {
@@ -50,6 +53,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
+	runBinDir = tmp
 	switch {
 	case os.Getenv(envBin) != "":
 		sutBin = os.Getenv(envBin)

@@ -6,8 +6,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,14 +27,17 @@ import (
 //     `etcdutl snapshot restore` and served by etcd 3.7.3, which must answer
 //     like the original shimd (every key, value, revision and version at
 //     every retained revision, HashKV, compaction, leases and their keys,
-//     the next revisions); then that etcd's snapshot restored with `shimd
-//     snapshot restore` must answer like that etcd;
+//     the next revisions); the same file restored with etcdutl 3.6 and
+//     served by the real etcd 3.6 binary (built from etcdrel/v3.6) must too;
+//     then the 3.7.3 etcd's snapshot restored with `shimd snapshot restore`
+//     must answer like that etcd;
 //   - etcd → shimd → etcd: the same history written to etcd, its snapshot
 //     restored into shimd, and shimd's snapshot restored into etcd again;
 //   - `shimd migrate --history` from that etcd.
 func TestSnapshotEtcdInterop(t *testing.T) {
 	requireShimd(t, "snapshots in etcd's format")
 	ctl, utl := etcdctl(t), etcdutl(t)
+	rel := etcd36(t)
 	for _, b := range harness.Backends() {
 		t.Run(b.Name, func(t *testing.T) {
 			needBackend(t, b)
@@ -43,9 +48,9 @@ func TestSnapshotEtcdInterop(t *testing.T) {
 				snapCheckStatus(t, utl, file, orig)
 				etcd := snapRestoreEtcd(t, utl, file)
 				maintCompareRestored(t, orig, etcd, compactRev, false)
-				if bin := os.Getenv("SHIMD_TEST_ETCD_BIN"); bin != "" {
-					maintCompareRestored(t, orig, snapRestoreEtcdBin(t, bin, file), compactRev, false)
-				}
+				start := time.Now()
+				maintCompareRestored(t, orig, snapRestoreEtcdRelease(t, rel, file), compactRev, false)
+				t.Logf("restore into %s and comparison: %s", rel.label(), time.Since(start).Round(10*time.Millisecond))
 				back := snapRestoreShimd(t, b, snapSave(t, ctl, etcd))
 				maintCompareRestored(t, etcd, back, compactRev, false)
 			})
@@ -164,33 +169,126 @@ func snapRestoreEtcd(t *testing.T, utl, file string) *server {
 	return s
 }
 
-// snapRestoreEtcdBin restores file with etcdutl (SHIMD_TEST_ETCDUTL_BIN, or
-// the module's) for another etcd release's binary, bin, which takes
-// conformance/bench/etcd's flags and names its member "bench" (build one
-// from that directory in a module requiring, say, etcd 3.6), and starts it.
-func snapRestoreEtcdBin(t *testing.T, bin, file string) *server {
+// etcdRelease is an etcd release's own etcd and etcdutl binaries.
+type etcdRelease struct {
+	Version       string // v3.6.17: the build module's requirement ("" for binaries from the environment)
+	Etcd, Etcdutl string
+}
+
+// label names the release in logs and reports.
+func (r etcdRelease) label() string {
+	if r.Version == "" {
+		return r.Etcd
+	}
+	return "etcd " + r.Version
+}
+
+// etcd36Dir is the module that builds etcd and etcdutl of the etcd 3.6
+// release line (its go.mod pins the release).
+const etcd36Dir = "etcdrel/v3.6"
+
+var etcd36Build struct {
+	once sync.Once
+	rel  etcdRelease
+	err  error
+}
+
+// etcd36 returns etcd and etcdutl 3.6, built from etcd36Dir once per run
+// of the test binary into runBinDir (Go's build cache makes later runs
+// cheap; the first one downloads and compiles etcd). SHIMD_TEST_ETCD_BIN
+// and SHIMD_TEST_ETCDUTL_BIN replace either with a binary of one's own (a
+// real etcd and etcdutl, of any release). A failed build fails the test,
+// with go build's output.
+func etcd36(t testing.TB) etcdRelease {
 	t.Helper()
-	utl := os.Getenv("SHIMD_TEST_ETCDUTL_BIN")
-	if utl == "" {
-		utl = etcdutl(t)
+	b := &etcd36Build
+	b.once.Do(func() {
+		b.rel, b.err = buildEtcd36(t)
+	})
+	if b.err != nil {
+		t.Fatalf("etcd 3.6 for the snapshot interop (set SHIMD_TEST_ETCD_BIN and SHIMD_TEST_ETCDUTL_BIN to prebuilt binaries to skip the build): %v", b.err)
 	}
-	dir := filepath.Join(t.TempDir(), "etcd")
-	out, err := exec.Command(utl, "snapshot", "restore", file, "--data-dir", dir, "--name", "bench",
-		"--initial-cluster", "bench=http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380").CombinedOutput()
+	return b.rel
+}
+
+var etcdRequireRE = regexp.MustCompile(`(?m)^\s*(?:require\s+)?go\.etcd\.io/etcd/server/v3 (v\S+)`)
+
+func buildEtcd36(t testing.TB) (etcdRelease, error) {
+	rel := etcdRelease{Etcd: os.Getenv("SHIMD_TEST_ETCD_BIN"), Etcdutl: os.Getenv("SHIMD_TEST_ETCDUTL_BIN")}
+	if rel.Etcd != "" && rel.Etcdutl != "" {
+		t.Logf("etcd 3.6: %s and %s (SHIMD_TEST_ETCD_BIN, SHIMD_TEST_ETCDUTL_BIN)", rel.Etcd, rel.Etcdutl)
+		return rel, nil
+	}
+	mod, err := os.ReadFile(filepath.Join(etcd36Dir, "go.mod"))
 	if err != nil {
-		t.Fatalf("%s snapshot restore: %v\n%s", utl, err, out)
+		return rel, err
 	}
-	p := &harness.Process{Bin: bin, DataDir: dir, Backend: harness.Backend{Name: "etcd"}, Args: func(addr string) []string {
-		return []string{"--listen-client-urls", "http://" + addr, "--data-dir", dir, "--log-level", "warn"}
+	m := etcdRequireRE.FindSubmatch(mod)
+	if m == nil {
+		return rel, fmt.Errorf("%s/go.mod: no go.etcd.io/etcd/server/v3 requirement", etcd36Dir)
+	}
+	rel.Version = string(m[1])
+	dir := runBinDir
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	dir = filepath.Join(dir, "etcd-"+rel.Version)
+	t.Logf("building etcd %s and etcdutl from %s into %s, once per run (downloads and compiles etcd on a cold Go build cache)...", rel.Version, etcd36Dir, dir)
+	start := time.Now()
+	for _, c := range []struct {
+		bin  *string
+		pkg  string
+		name string
+	}{
+		{&rel.Etcd, "go.etcd.io/etcd/server/v3", "etcd"},
+		{&rel.Etcdutl, "go.etcd.io/etcd/etcdutl/v3", "etcdutl"},
+	} {
+		if *c.bin != "" {
+			t.Logf("%s: %s (from the environment)", c.name, *c.bin)
+			continue
+		}
+		if *c.bin, err = harness.Build(etcd36Dir, c.pkg, dir, c.name); err != nil {
+			return rel, err
+		}
+	}
+	t.Logf("built etcd %s in %s", rel.Version, time.Since(start).Round(100*time.Millisecond))
+	return rel, nil
+}
+
+// snapRestoreEtcdRelease restores file with rel's etcdutl and starts rel's
+// etcd binary on the result (one member on loopback ports).
+func snapRestoreEtcdRelease(t *testing.T, rel etcdRelease, file string) *server {
+	t.Helper()
+	const name = "m1"
+	dir := filepath.Join(t.TempDir(), "etcd")
+	peer := freeURL(t)
+	out, err := exec.Command(rel.Etcdutl, "snapshot", "restore", file, "--data-dir", dir, "--name", name,
+		"--initial-cluster", name+"="+peer, "--initial-advertise-peer-urls", peer).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s snapshot restore: %v\n%s", rel.Etcdutl, err, out)
+	}
+	p := &harness.Process{Bin: rel.Etcd, DataDir: dir, Backend: harness.Backend{Name: "etcd"}, Args: func(addr string) []string {
+		return []string{"--name", name, "--data-dir", dir,
+			"--listen-client-urls", "http://" + addr, "--advertise-client-urls", "http://" + addr,
+			"--listen-peer-urls", peer, "--log-level", "warn"}
 	}}
 	if err := p.Start(); err != nil {
-		t.Fatalf("start %s on the restored snapshot: %v\n%s", bin, err, p.Output())
+		t.Fatalf("start %s on the restored snapshot: %v\n%s", rel.Etcd, err, p.Output())
 	}
-	s, err := newServer("etcd("+filepath.Base(bin)+")", p.Endpoint, func() { p.Stop() })
+	label := rel.label()
+	s, err := newServer(label+" (restored)", p.Endpoint, func() { p.Stop() })
 	if err != nil {
-		t.Fatalf("connect to %s: %v", bin, err)
+		t.Fatalf("connect to %s: %v", label, err)
 	}
 	t.Cleanup(s.stop)
+	st, err := s.cli.Status(ctxT(t, 10*time.Second), p.Endpoint)
+	if err != nil {
+		t.Fatalf("%s: status: %v", label, err)
+	}
+	if rel.Version != "" && "v"+st.Version != rel.Version {
+		t.Fatalf("%s reports version %s", label, st.Version)
+	}
+	t.Logf("etcd %s serves the snapshot restored by its etcdutl", st.Version)
 	return s
 }
 
