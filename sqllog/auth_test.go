@@ -1,0 +1,61 @@
+package sqllog
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/authpb"
+)
+
+func TestAuthTables(t *testing.T) {
+	l, path := openTemp(t)
+	ctx := context.Background()
+	d, err := l.LoadAuth(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Enabled || d.Rev != 1 || len(d.Users) != 0 {
+		t.Fatalf("fresh auth store: %+v", d)
+	}
+	d, err = l.UpdateAuth(ctx, func(d *AuthData) (AuthChange, error) {
+		d.Users["root"] = &AuthUser{Name: "root", Password: []byte("hash"), Roles: []string{"root"}}
+		d.Roles["r\x00ö"] = &AuthRole{Name: "r\x00ö", Perms: []*authpb.Permission{{Key: []byte("a"), RangeEnd: []byte("b"), PermType: authpb.Permission_READ}}}
+		d.Enabled = true
+		return AuthChange{Write: true, Bump: true}, nil
+	})
+	if err != nil || d.Rev != 2 || l.AuthRev() != 2 {
+		t.Fatalf("update: %v %+v", err, d)
+	}
+	if err := l.PutToken(ctx, "tok.5", "root", time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	l = openAt(t, path)
+	d, err = l.LoadAuth(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := d.Users["root"]
+	r := d.Roles["r\x00ö"]
+	if !d.Enabled || d.Rev != 2 || u == nil || string(u.Password) != "hash" || len(u.Roles) != 1 || r == nil || len(r.Perms) != 1 || string(r.Perms[0].RangeEnd) != "b" {
+		t.Fatalf("reloaded: %+v %+v %+v", d, u, r)
+	}
+	user, _, ok, err := l.LookupToken(ctx, "tok.5")
+	if err != nil || !ok || user != "root" {
+		t.Fatalf("token: %q %v %v", user, ok, err)
+	}
+	_, err = l.UpdateAuth(ctx, func(d *AuthData) (AuthChange, error) {
+		delete(d.Users, "root")
+		return AuthChange{Write: true, Bump: true, DropTokensOf: []string{"root"}}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok, _ := l.LookupToken(ctx, "tok.5"); ok {
+		t.Fatal("token of a deleted user survived")
+	}
+	if d, _ := l.LoadAuth(ctx); d.Rev != 3 || len(d.Users) != 0 {
+		t.Fatalf("after delete: %+v", d)
+	}
+}
