@@ -36,6 +36,17 @@ type AuthData struct {
 	Roles   map[string]*AuthRole
 }
 
+// Gen is the auth generation of d: it moves with every change other
+// processes must see, the revision and (etcd's AuthEnable does not move
+// the revision) the enabled flag: 2 × revision + enabled.
+func (d *AuthData) Gen() int64 {
+	g := 2 * d.Rev
+	if d.Enabled {
+		g++
+	}
+	return g
+}
+
 // AuthChange tells UpdateAuth what a change did: whether to write it at
 // all, whether it moves the auth revision (etcd's AuthEnable writes the
 // flag without), and which simple tokens it invalidates.
@@ -49,22 +60,24 @@ type AuthChange struct {
 // authTables is the auth store's tables: users, roles, the enabled flag
 // and the auth revision. Every change locks the auth row and moves the
 // revision in the same transaction; rev is the revision this process last
-// saw, from its own changes or from the meta row it reads at each barrier
-// and poll (where the auth revision is read with it, so that noticing
-// another process's change costs no extra round trip).
+// saw, as a generation (AuthData.Gen), from its own changes or from the
+// meta row it reads at each barrier and poll (where the generation is read
+// with it, so that noticing another process's change costs no extra round
+// trip).
 type authTables struct {
 	st  *store
-	rev atomic.Int64
+	gen atomic.Int64
 }
 
-// AuthRev is the auth revision this process last saw in the database.
-func (a *authTables) AuthRev() int64 { return a.rev.Load() }
+// AuthGen is the auth generation (AuthData.Gen) this process last saw in
+// the database.
+func (a *authTables) AuthGen() int64 { return a.gen.Load() }
 
-// saw records an auth revision read from the database.
-func (a *authTables) saw(rev int64) {
+// saw records an auth generation read from the database.
+func (a *authTables) saw(gen int64) {
 	for {
-		cur := a.rev.Load()
-		if rev <= cur || a.rev.CompareAndSwap(cur, rev) {
+		cur := a.gen.Load()
+		if gen <= cur || a.gen.CompareAndSwap(cur, gen) {
 			return
 		}
 	}
@@ -108,7 +121,7 @@ func (a *authTables) LoadAuth(ctx context.Context) (*AuthData, error) {
 	if err != nil {
 		return nil, err
 	}
-	a.saw(d.Rev)
+	a.saw(d.Gen())
 	return d, tx.Commit()
 }
 
@@ -178,7 +191,7 @@ func (a *authTables) UpdateAuth(ctx context.Context, change func(*AuthData) (Aut
 	if err != nil {
 		return nil, err
 	}
-	a.saw(before.Rev)
+	a.saw(before.Gen())
 	after, err := a.read(ctx, tx, false) // a copy for change to modify
 	if err != nil {
 		return nil, err
@@ -196,7 +209,7 @@ func (a *authTables) UpdateAuth(ctx context.Context, change func(*AuthData) (Aut
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("commit auth change: %w", err)
 	}
-	a.saw(after.Rev)
+	a.saw(after.Gen())
 	return after, nil
 }
 

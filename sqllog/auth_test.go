@@ -24,7 +24,7 @@ func TestAuthTables(t *testing.T) {
 		d.Enabled = true
 		return AuthChange{Write: true, Bump: true}, nil
 	})
-	if err != nil || d.Rev != 2 || l.AuthRev() != 2 {
+	if err != nil || d.Rev != 2 || l.AuthGen() != 5 {
 		t.Fatalf("update: %v %+v", err, d)
 	}
 	if err := l.PutToken(ctx, "tok.5", "root", time.Now().Add(time.Minute)); err != nil {

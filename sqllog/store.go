@@ -80,9 +80,9 @@ type meta struct {
 	compactRev    int64
 	leaseGen      int64
 	clusterID     int64
-	// authRev is the auth store's revision, read with the meta row (not
-	// under its lock) so that a barrier notices auth changes too.
-	authRev int64
+	// authGen is the auth store's generation (AuthData.Gen), read with the
+	// meta row (not under its lock) so that a barrier notices auth changes.
+	authGen int64
 }
 
 type queryer interface {
@@ -99,8 +99,8 @@ func (st *store) readMeta(ctx context.Context, q queryer, lock bool) (meta, erro
 	if lock {
 		query += st.be.Dialect.ForUpdate()
 	} else {
-		query = `SELECT schema_version, rev, last_id, compact_rev, lease_gen, cluster_id, COALESCE((SELECT rev FROM ` + authTable + ` WHERE id = 1), 1) FROM shimd_meta WHERE id = 1`
-		dest = append(dest, &m.authRev)
+		query = `SELECT schema_version, rev, last_id, compact_rev, lease_gen, cluster_id, COALESCE((SELECT 2 * rev + CASE WHEN enabled THEN 1 ELSE 0 END FROM ` + authTable + ` WHERE id = 1), 2) FROM shimd_meta WHERE id = 1`
+		dest = append(dest, &m.authGen)
 	}
 	err := q.QueryRowContext(ctx, query).Scan(dest...)
 	if err != nil {
