@@ -73,7 +73,6 @@ func (c *Checker) HasRole(role string) bool {
 	return c != nil && c.Info != nil && c.m.hasRole(c.Info.Username, role)
 }
 
-
 // User is the caller's user name, "" without credentials.
 func (c *Checker) User() string {
 	if c == nil || c.Info == nil {

@@ -232,7 +232,6 @@ func (s *Store) RoleAdd(ctx context.Context, name string) error {
 	})
 }
 
-
 // RoleGet returns a role's permissions.
 func (s *Store) RoleGet(ctx context.Context, name string) ([]*authpb.Permission, error) {
 	m, err := s.fresh(ctx)
