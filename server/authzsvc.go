@@ -158,10 +158,17 @@ func (a authMaintenanceServer) Snapshot(r *pb.SnapshotRequest, stream pb.Mainten
 }
 
 // authClusterServer is etcd's checkMembershipOperationPermission: member
-// changes are root's.
+// changes are root's; listing needs a user.
 type authClusterServer struct {
 	pb.ClusterServer
 	s *Server
+}
+
+func (a authClusterServer) MemberList(ctx context.Context, r *pb.MemberListRequest) (*pb.MemberListResponse, error) {
+	if err := a.s.requireUser(ctx); err != nil {
+		return nil, err
+	}
+	return a.ClusterServer.MemberList(ctx, r)
 }
 
 func (a authClusterServer) MemberAdd(ctx context.Context, r *pb.MemberAddRequest) (*pb.MemberAddResponse, error) {
