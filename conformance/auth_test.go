@@ -124,12 +124,18 @@ func authManagement(c *sc) {
 	}
 	lists := func(user string) {
 		a.t.Helper()
-		call(user, "UserList", func(ctx context.Context, c pb.AuthClient) (any, error) { return c.UserList(ctx, &pb.AuthUserListRequest{}) })
-		call(user, "RoleList", func(ctx context.Context, c pb.AuthClient) (any, error) { return c.RoleList(ctx, &pb.AuthRoleListRequest{}) })
+		call(user, "UserList", func(ctx context.Context, c pb.AuthClient) (any, error) {
+			return c.UserList(ctx, &pb.AuthUserListRequest{})
+		})
+		call(user, "RoleList", func(ctx context.Context, c pb.AuthClient) (any, error) {
+			return c.RoleList(ctx, &pb.AuthRoleListRequest{})
+		})
 	}
 	enable := func(user string) {
 		a.t.Helper()
-		call(user, "AuthEnable", func(ctx context.Context, c pb.AuthClient) (any, error) { return c.AuthEnable(ctx, &pb.AuthEnableRequest{}) })
+		call(user, "AuthEnable", func(ctx context.Context, c pb.AuthClient) (any, error) {
+			return c.AuthEnable(ctx, &pb.AuthEnableRequest{})
+		})
 	}
 
 	status("")
