@@ -1,6 +1,7 @@
 package sqllog
 
 import (
+	"bytes"
 	"context"
 	"testing"
 	"time"
@@ -57,5 +58,36 @@ func TestAuthTables(t *testing.T) {
 	}
 	if d, _ := l.LoadAuth(ctx); d.Rev != 3 || len(d.Users) != 0 {
 		t.Fatalf("after delete: %+v", d)
+	}
+}
+
+func TestAuthSnapshot(t *testing.T) {
+	l, _ := openTemp(t)
+	ctx := context.Background()
+	_, err := l.UpdateAuth(ctx, func(d *AuthData) (AuthChange, error) {
+		d.Users["root"] = &AuthUser{Name: "root", Password: []byte("hash"), Roles: []string{"r", "root"}}
+		d.Users["cert"] = &AuthUser{Name: "cert", NoPassword: true}
+		d.Roles["r"] = &AuthRole{Name: "r", Perms: []*authpb.Permission{{Key: []byte("a"), RangeEnd: []byte("\x00"), PermType: authpb.Permission_WRITE}}}
+		d.Enabled = true
+		return AuthChange{Write: true, Bump: true}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := l.WriteSnapshot(ctx, &buf); err != nil {
+		t.Fatal(err)
+	}
+	l2, _ := openTemp(t)
+	if err := Restore(ctx, l2, &buf); err != nil {
+		t.Fatal(err)
+	}
+	d, err := l2.LoadAuth(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.Enabled || d.Rev != 2 || len(d.Users) != 2 || !d.Users["cert"].NoPassword || string(d.Users["root"].Password) != "hash" ||
+		len(d.Users["root"].Roles) != 2 || len(d.Roles["r"].Perms) != 1 || string(d.Roles["r"].Perms[0].RangeEnd) != "\x00" {
+		t.Fatalf("restored auth store: %+v", d)
 	}
 }

@@ -16,7 +16,7 @@ import (
 // a magic line, then records (a type byte and varint-encoded fields), then
 // etcd's trailer, the SHA-256 of everything before it. Records: 'M' meta
 // (revision, compact revision, last id, cluster id), 'R' a log row, 'L' a
-// lease, 'E' the end.
+// lease, the auth store's (authsnap.go), 'E' the end.
 const snapshotMagic = "SHIMD-SNAPSHOT-1\n"
 
 // WriteSnapshot writes a consistent snapshot of the database to w. It reads
@@ -82,6 +82,9 @@ func (mt *maintenance) WriteSnapshot(ctx context.Context, w io.Writer) error {
 	lrows.Close()
 	if err := lrows.Err(); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
+	}
+	if err := writeAuthRecords(ctx, mt.st, tx, rec); err != nil {
+		return err
 	}
 	rec.begin('E')
 	// etcd's client only accepts a snapshot whose body fills whole 512-byte
@@ -162,6 +165,7 @@ func Restore(ctx context.Context, l *Log, r io.Reader) error {
 	}
 	defer tx.Rollback()
 	var m meta
+	var ar authRestore
 	b := &batch{values: map[int64][]byte{}}
 	flush := func() error {
 		if len(b.changes) == 0 {
@@ -197,7 +201,11 @@ func Restore(ctx context.Context, l *Log, r io.Reader) error {
 		case 'E':
 			done = true
 		default:
-			return fmt.Errorf("snapshot: unknown record %q", t)
+			if ok, err := ar.record(t, rd); err != nil {
+				return err
+			} else if !ok {
+				return fmt.Errorf("snapshot: unknown record %q", t)
+			}
 		}
 		if rd.err != nil {
 			return fmt.Errorf("snapshot: %w", rd.err)
@@ -206,10 +214,19 @@ func Restore(ctx context.Context, l *Log, r io.Reader) error {
 	if err := flush(); err != nil {
 		return err
 	}
+	if err := ar.apply(ctx, st, tx); err != nil {
+		return err
+	}
 	if _, err := tx.ExecContext(ctx, st.q(`UPDATE shimd_meta SET rev = ?, last_id = ?, compact_rev = ?, cluster_id = ?, lease_gen = lease_gen + 1 WHERE id = 1`), m.rev, m.lastID, m.compactRev, m.clusterID); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	if ar.seen {
+		l.authTables.saw(ar.d.Gen())
+	}
+	return nil
 }
 
 type recordReader struct {
