@@ -16,7 +16,10 @@ func authOn(tb testing.TB, a pb.AuthClient) context.Context {
 	tb.Helper()
 	ctx := context.Background()
 	steps := []func() error{
-		func() error { _, err := a.UserAdd(ctx, &pb.AuthUserAddRequest{Name: "root", Password: "r"}); return err },
+		func() error {
+			_, err := a.UserAdd(ctx, &pb.AuthUserAddRequest{Name: "root", Password: "r"})
+			return err
+		},
 		func() error {
 			_, err := a.UserGrantRole(ctx, &pb.AuthUserGrantRoleRequest{User: "root", Role: "root"})
 			return err
