@@ -83,8 +83,8 @@ func (t *simpleTokens) info(ctx context.Context, token string, rev uint64) (*Inf
 		delete(t.tokens, token)
 		tk = nil
 	}
-	t.mu.Unlock()
 	if tk == nil {
+		t.mu.Unlock()
 		user, exp, found, err := t.be.LookupToken(ctx, token)
 		if err != nil {
 			return nil, false, err
@@ -92,16 +92,13 @@ func (t *simpleTokens) info(ctx context.Context, token string, rev uint64) (*Inf
 		if !found || !exp.After(now) {
 			return nil, false, nil
 		}
-		tk = &simpleToken{user: user, expires: exp, storedE: exp}
 		t.mu.Lock()
-		if cur := t.tokens[token]; cur != nil {
-			tk = cur
-		} else {
+		if tk = t.tokens[token]; tk == nil {
+			tk = &simpleToken{user: user, expires: exp, storedE: exp}
 			t.tokens[token] = tk
 		}
-		t.mu.Unlock()
 	}
-	t.mu.Lock()
+	// One critical section on the common path: a token seen before.
 	tk.expires = now.Add(t.ttl)
 	touch := tk.storedE.Sub(now) < t.ttl/2
 	if touch {

@@ -3,7 +3,9 @@ package server
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/authpb"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -93,5 +95,63 @@ func BenchmarkAuth(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// BenchmarkAuthRatio measures puts and gets on two servers at once, one
+// with auth off and one with auth on, taking turns in short slices so that
+// both see the same machine load, and reports on/off throughput ratios
+// (put-on/off, get-on/off). The work is fixed (it ignores b.N).
+func BenchmarkAuthRatio(b *testing.B) {
+	offConn, onConn := startConn(b), startConn(b)
+	off, on := pb.NewKVClient(offConn), pb.NewKVClient(onConn)
+	fill(b, off, 1000)
+	fill(b, on, 1000)
+	onCtx := authOn(b, pb.NewAuthClient(onConn))
+	const clients, perSlice, slices = 8, 400, 10
+	turn := func(kv pb.KVClient, ctx context.Context, put bool, slice int) time.Duration {
+		start := time.Now()
+		var wg sync.WaitGroup
+		for c := 0; c < clients; c++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < perSlice/clients; i++ {
+					var err error
+					if put {
+						key := []byte(fmt.Sprintf("/registry/ratio/%d-%d-%d", slice, c, i))
+						_, err = kv.Put(ctx, &pb.PutRequest{Key: key, Value: benchValue})
+					} else {
+						_, err = kv.Range(ctx, &pb.RangeRequest{Key: []byte(fmt.Sprintf("/registry/pods/p%05d", (c*perSlice+i)%1000))})
+					}
+					if err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		return time.Since(start)
+	}
+	b.ResetTimer()
+	for _, put := range []bool{true, false} {
+		var tOff, tOn time.Duration
+		for s := 0; s < slices; s++ {
+			if s%2 == 0 {
+				tOff += turn(off, context.Background(), put, s)
+				tOn += turn(on, onCtx, put, s)
+			} else {
+				tOn += turn(on, onCtx, put, s)
+				tOff += turn(off, context.Background(), put, s)
+			}
+		}
+		name := "get"
+		if put {
+			name = "put"
+		}
+		b.ReportMetric(float64(tOff)/float64(tOn), name+"-on/off")
+		b.ReportMetric(float64(perSlice*slices)/tOff.Seconds(), name+"-off-ops/s")
+		b.ReportMetric(float64(perSlice*slices)/tOn.Seconds(), name+"-on-ops/s")
 	}
 }
