@@ -2,6 +2,9 @@ package auth
 
 import (
 	"context"
+	"errors"
+
+	"github.com/shimd/shimd/sqllog"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -31,6 +34,14 @@ func (s *Store) Authenticate(ctx context.Context, name, password string, index i
 			return "", ErrAuthFailed
 		}
 		token, err := s.tp.assign(ctx, name, m.rev(), index)
+		if errors.Is(err, sqllog.ErrAuthChanged) {
+			// Changed meanwhile, maybe by another process: check again
+			// against the store as it is now.
+			if err := s.reload(ctx); err != nil {
+				return "", err
+			}
+			continue
+		}
 		if err != nil {
 			return "", err
 		}

@@ -43,7 +43,7 @@ func newSimpleTokens(be Backend, ttl time.Duration, lg *slog.Logger) *simpleToke
 	return &simpleTokens{be: be, ttl: ttl, lg: lg, tokens: map[string]*simpleToken{}}
 }
 
-func (t *simpleTokens) assign(ctx context.Context, user string, _ uint64, index int64) (string, error) {
+func (t *simpleTokens) assign(ctx context.Context, user string, rev uint64, index int64) (string, error) {
 	var b [16]byte
 	for i := range b {
 		n, err := rand.Int(rand.Reader, big.NewInt(int64(len(simpleTokenLetters))))
@@ -54,7 +54,7 @@ func (t *simpleTokens) assign(ctx context.Context, user string, _ uint64, index 
 	}
 	token := string(b[:]) + "." + strconv.FormatInt(index, 10)
 	exp := time.Now().Add(t.ttl)
-	if err := t.be.PutToken(ctx, token, user, exp); err != nil {
+	if err := t.be.PutToken(ctx, token, user, exp, int64(rev)); err != nil {
 		return "", err
 	}
 	t.mu.Lock()

@@ -25,7 +25,7 @@ type Backend interface {
 	// AuthGen is the generation (sqllog.AuthData.Gen) last read from the
 	// database, at this process's changes, barriers and polls.
 	AuthGen() int64
-	PutToken(ctx context.Context, token, user string, expires time.Time) error
+	PutToken(ctx context.Context, token, user string, expires time.Time, rev int64) error
 	LookupToken(ctx context.Context, token string) (user string, expires time.Time, ok bool, err error)
 	TouchToken(ctx context.Context, token string, expires time.Time) error
 	ExpireTokens(ctx context.Context, now time.Time) error
@@ -183,6 +183,18 @@ func (s *Store) fresh(ctx context.Context) (*model, error) {
 	}
 	s.install(d)
 	return s.cur.Load(), nil
+}
+
+// reload reads the auth store from the database and installs it.
+func (s *Store) reload(ctx context.Context) error {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	d, err := s.be.LoadAuth(ctx)
+	if err != nil {
+		return err
+	}
+	s.install(d)
+	return nil
 }
 
 // install makes d the current model unless a newer one is.

@@ -3,6 +3,7 @@ package sqllog
 import (
 	"bytes"
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -28,7 +29,10 @@ func TestAuthTables(t *testing.T) {
 	if err != nil || d.Rev != 2 || l.AuthGen() != 5 {
 		t.Fatalf("update: %v %+v", err, d)
 	}
-	if err := l.PutToken(ctx, "tok.5", "root", time.Now().Add(time.Minute)); err != nil {
+	if err := l.PutToken(ctx, "old.5", "root", time.Now().Add(time.Minute), 1); !errors.Is(err, ErrAuthChanged) {
+		t.Fatalf("token at an old revision: %v", err)
+	}
+	if err := l.PutToken(ctx, "tok.5", "root", time.Now().Add(time.Minute), 2); err != nil {
 		t.Fatal(err)
 	}
 	l.Close()

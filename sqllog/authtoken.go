@@ -14,12 +14,21 @@ import (
 // seen. A token's row has an absolute expiry, pushed forward while it is
 // used (see package auth).
 
-// PutToken records a simple token issued to user, valid until expires.
-func (a *authTables) PutToken(ctx context.Context, token, user string, expires time.Time) error {
-	_, err := a.st.be.Write.ExecContext(ctx, a.st.q(`INSERT INTO `+authTokenTable+` (token_hash, token, user_name, expires_at) VALUES (?, ?, ?, ?)`),
-		nameHash(token), []byte(token), []byte(user), expires.UnixMilli())
+// ErrAuthChanged is PutToken's refusal: the auth store is no longer at
+// the revision the password was checked at (or auth was disabled).
+var ErrAuthChanged = errors.New("auth store changed")
+
+// PutToken records a simple token issued to user, valid until expires,
+// if the auth store is still enabled at revision rev: a token is never
+// stored after the change that deleted its user or disabled auth.
+func (a *authTables) PutToken(ctx context.Context, token, user string, expires time.Time, rev int64) error {
+	res, err := a.st.be.Write.ExecContext(ctx, a.st.q(`INSERT INTO `+authTokenTable+` (token_hash, token, user_name, expires_at) SELECT ?, ?, ?, ? FROM `+authTable+` WHERE id = 1 AND rev = ? AND enabled = ?`),
+		nameHash(token), []byte(token), []byte(user), expires.UnixMilli(), rev, true)
 	if err != nil {
 		return fmt.Errorf("store token: %w", err)
+	}
+	if n, err := res.RowsAffected(); err == nil && n == 0 {
+		return ErrAuthChanged
 	}
 	return nil
 }
