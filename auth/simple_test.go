@@ -48,7 +48,6 @@ func (f fakeBackend) TouchToken(_ context.Context, token string, exp time.Time) 
 	return nil
 }
 
-
 func TestSimpleTokensAcrossProcesses(t *testing.T) {
 	table := &tokenTable{tokens: map[string]tokenRow{}}
 	ctx := context.Background()
