@@ -16,6 +16,7 @@ import (
 	"golang.org/x/net/http2/h2c"
 	"google.golang.org/grpc"
 
+	"github.com/shimd/shimd/auth"
 	"github.com/shimd/shimd/compact"
 	"github.com/shimd/shimd/server"
 	"github.com/shimd/shimd/sqllog"
@@ -32,6 +33,8 @@ type Server struct {
 	draining    atomic.Bool
 	clientURLs  []string
 	metricsURLs []string
+
+	auth *auth.Store
 
 	stop context.CancelFunc
 	done chan struct{}
@@ -60,11 +63,20 @@ func Run(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{lg: lg, log: log, done: make(chan struct{})}
+	as, err := auth.Open(ctx, log, auth.Config{
+		Token: cfg.AuthToken, TokenTTL: cfg.AuthTokenTTL, BcryptCost: cfg.BcryptCost,
+		ClientCertAuth: cfg.ClientCertAuth, Logger: lg,
+	})
+	if err != nil {
+		closeWithin(lg, "log", log.Close)
+		return nil, fmt.Errorf("--auth-token: %w", err)
+	}
+	s := &Server{lg: lg, log: log, auth: as, done: make(chan struct{})}
 	ctx, s.stop = context.WithCancel(ctx)
 	clientLns, metricsLns, err := s.listen(&cfg)
 	if err != nil {
 		s.stop()
+		as.Close()
 		closeWithin(lg, "log", log.Close)
 		return nil, err
 	}
@@ -89,6 +101,7 @@ func Run(ctx context.Context, cfg Config) (*Server, error) {
 		KeepAliveInterval:      cfg.GRPCKeepAliveInterval,
 		KeepAliveTimeout:       cfg.GRPCKeepAliveTimeout,
 		MaxConcurrentStreams:   cfg.MaxConcurrentStreams,
+		Auth:                   as,
 		Logger:                 lg,
 	})
 	retention, revisions, _ := compact.ParseRetention(cfg.AutoCompactionMode, cfg.AutoCompactionRetention)
@@ -175,7 +188,7 @@ func (s *Server) serve(ctx context.Context, errc <-chan error) {
 	}
 	s.stop() // ends auto-compaction
 	// A database that hangs must not keep shimd from stopping.
-	closeWithin(s.lg, "server", func() error { s.srv.Close(); return nil })
+	closeWithin(s.lg, "server", func() error { s.srv.Close(); s.auth.Close(); return nil })
 	closeWithin(s.lg, "log", s.log.Close)
 }
 

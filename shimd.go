@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shimd/shimd/auth"
 	"github.com/shimd/shimd/compact"
 )
 
@@ -102,6 +103,15 @@ type Config struct {
 	// (--client-cert-auth).
 	ClientCertAuth bool
 
+	// AuthToken is etcd's --auth-token: "simple" (the default) or
+	// "jwt,pub-key=…,priv-key=…,sign-method=…[,ttl=…]".
+	AuthToken string
+	// AuthTokenTTL is how long an unused simple token lives
+	// (--auth-token-ttl; default 300 s).
+	AuthTokenTTL time.Duration
+	// BcryptCost hashes passwords (--bcrypt-cost; default 10, etcd's).
+	BcryptCost int
+
 	// Logger receives shimd's logs (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -161,6 +171,11 @@ func (cfg Config) Validate() error {
 	}
 	if _, _, err := compact.ParseRetention(cfg.AutoCompactionMode, cfg.AutoCompactionRetention); err != nil {
 		return err
+	}
+	if cfg.AuthToken != "" {
+		if _, _, err := auth.ParseTokenOptions(cfg.AuthToken); err != nil {
+			return fmt.Errorf("--auth-token %q: %v", cfg.AuthToken, err)
+		}
 	}
 	for _, list := range [][]string{cfg.ListenClientURLs, cfg.ListenMetricsURLs} {
 		urls, err := parseURLs(list)

@@ -282,8 +282,13 @@ type opFunc func(ctx context.Context, s *server) (any, error)
 func (c *sc) do(desc string, fn opFunc) (any, error) {
 	c.t.Helper()
 	c.n++
+	start := time.Now()
 	refResp, refErr := call(c.p.ref, fn)
+	mid := time.Now()
 	sutResp, sutErr := call(c.p.sut, fn)
+	if d := time.Since(start); d > time.Second {
+		c.t.Logf("slow op #%d %s: etcd %v, %s %v", c.n, truncate(desc, 80), mid.Sub(start), c.p.sut.name, time.Since(mid))
+	}
 	if d := diffOutcomes(refResp, refErr, sutResp, sutErr); d != "" {
 		c.t.Fatalf("%s%s", mismatchReport(c.name, c.n, desc, c.p.sut.name, refResp, refErr, sutResp, sutErr, d), c.p.sut.crashInfo())
 	}

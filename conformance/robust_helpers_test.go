@@ -83,9 +83,9 @@ func robustDial(t *testing.T, p *robust.Proc) *grpc.ClientConn {
 	return robustDialTLS(t, p.Addr(), nil)
 }
 
-func robustDialTLS(t *testing.T, addr string, tc *tls.Config) *grpc.ClientConn {
+func robustDialTLS(t *testing.T, addr string, tc *tls.Config, extra ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
-	conn, err := robust.Dial(addr, tc)
+	conn, err := robust.Dial(addr, tc, extra...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -68,6 +68,7 @@ type robustFault struct {
 	shared bool // server databases only
 	both   bool // every backend
 	optIn  string
+	auth   bool // auth enabled; connections carry root's token
 	// inject runs once per round, while the clients run; it returns a
 	// description of what it did.
 	inject func(ctx context.Context, t *testing.T, env *linEnv, round int) (string, error)
@@ -75,6 +76,14 @@ type robustFault struct {
 
 var robustFaults = []robustFault{
 	{name: "none", procs: 1, both: true},
+	// auth on: every client, watcher and control connection sends root's
+	// simple token, which outlives the kill -9 of its process.
+	{name: "auth-kill9", procs: 1, both: true, auth: true, inject: func(ctx context.Context, t *testing.T, env *linEnv, round int) (string, error) {
+		return env.kill9(0)
+	}},
+	{name: "auth-multiproc", procs: 2, shared: true, auth: true, inject: func(ctx context.Context, t *testing.T, env *linEnv, round int) (string, error) {
+		return env.kill9(round % len(env.procs))
+	}},
 	{name: "kill9", procs: 1, both: true, inject: func(ctx context.Context, t *testing.T, env *linEnv, round int) (string, error) {
 		return env.kill9(0)
 	}},
@@ -134,6 +143,14 @@ func linearizabilityRun(t *testing.T, b harness.Backend, f robustFault) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	var dialOpts []grpc.DialOption
+	if f.auth {
+		dialOpts = append(dialOpts, grpc.WithPerRPCCredentials(robustEnableAuth(t, env.procs[0])))
+	}
+	robustDial := func(t *testing.T, p *robust.Proc) *grpc.ClientConn {
+		t.Helper()
+		return robustDialTLS(t, p.Addr(), nil, dialOpts...)
+	}
 
 	// Connections: one per client, spread over the processes; one per
 	// process for barriers and log reads; one per process's watcher.

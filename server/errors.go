@@ -5,15 +5,40 @@ import (
 	"errors"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"golang.org/x/crypto/bcrypt"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/shimd/shimd/auth"
 	"github.com/shimd/shimd/server/txn"
 	"github.com/shimd/shimd/sqllog"
 )
 
 // errRequestTooLarge is checkSize's error, before translation to gRPC.
 var errRequestTooLarge = errors.New("etcdserver: request is too large")
+
+// authErrors are the auth store's errors etcd sends as its own gRPC
+// errors; the others (a no-password user's password, bcrypt's) go out as
+// etcd's togRPCError sends them: code Unknown, the error's text.
+var authErrors = map[error]error{
+	auth.ErrRootUserNotExist:     rpctypes.ErrGRPCRootUserNotExist,
+	auth.ErrRootRoleNotExist:     rpctypes.ErrGRPCRootRoleNotExist,
+	auth.ErrUserAlreadyExist:     rpctypes.ErrGRPCUserAlreadyExist,
+	auth.ErrUserEmpty:            rpctypes.ErrGRPCUserEmpty,
+	auth.ErrUserNotFound:         rpctypes.ErrGRPCUserNotFound,
+	auth.ErrRoleAlreadyExist:     rpctypes.ErrGRPCRoleAlreadyExist,
+	auth.ErrRoleNotFound:         rpctypes.ErrGRPCRoleNotFound,
+	auth.ErrRoleEmpty:            rpctypes.ErrGRPCRoleEmpty,
+	auth.ErrAuthFailed:           rpctypes.ErrGRPCAuthFailed,
+	auth.ErrPermissionNotGiven:   rpctypes.ErrGRPCPermissionNotGiven,
+	auth.ErrPermissionDenied:     rpctypes.ErrGRPCPermissionDenied,
+	auth.ErrRoleNotGranted:       rpctypes.ErrGRPCRoleNotGranted,
+	auth.ErrPermissionNotGranted: rpctypes.ErrGRPCPermissionNotGranted,
+	auth.ErrAuthNotEnabled:       rpctypes.ErrGRPCAuthNotEnabled,
+	auth.ErrInvalidAuthToken:     rpctypes.ErrGRPCInvalidAuthToken,
+	auth.ErrInvalidAuthMgmt:      rpctypes.ErrGRPCInvalidAuthMgmt,
+	auth.ErrAuthOldRevision:      rpctypes.ErrGRPCAuthOldRevision,
+}
 
 // toGRPC turns an error of sqllog, of the apply layer (package txn) or of
 // checkSize into the gRPC status etcd sends for it, so that clientv3 maps it
@@ -36,6 +61,11 @@ func toGRPC(err error) error {
 		return rpctypes.ErrGRPCRequestTooLarge
 	case errors.Is(err, sqllog.ErrClosed):
 		return rpctypes.ErrGRPCStopped
+	case errors.Is(err, auth.ErrNoPasswordUser), errors.Is(err, bcrypt.ErrPasswordTooLong), errors.Is(err, auth.ErrVerifyOnly):
+		return status.Error(codes.Unknown, err.Error())
+	}
+	if g, ok := authErrors[err]; ok {
+		return g
 	}
 	if _, ok := status.FromError(err); ok {
 		return err

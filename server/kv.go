@@ -5,6 +5,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
+	"github.com/shimd/shimd/auth"
 	"github.com/shimd/shimd/server/txn"
 )
 
@@ -19,9 +20,19 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 	if err := checkRange(r); err != nil {
 		return nil, err
 	}
+	c, err := k.s.caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Range(r.Key, r.RangeEnd); err != nil {
+		return nil, toGRPC(err)
+	}
 	resp, err := k.s.apply.Range(ctx, r)
 	if err != nil {
 		return nil, toGRPC(err)
+	}
+	if err := k.s.stale(ctx, c, func(c *auth.Checker) error { return c.Range(r.Key, r.RangeEnd) }); err != nil {
+		return nil, err
 	}
 	k.s.fill(resp.Header)
 	return resp, nil
@@ -33,9 +44,16 @@ func (k *kvServer) RangeStream(r *pb.RangeRequest, rs pb.KV_RangeStreamServer) e
 	if err := checkRangeStream(r); err != nil {
 		return err
 	}
+	c, err := k.s.caller(rs.Context())
+	if err != nil {
+		return err
+	}
+	if err := c.Range(r.Key, r.RangeEnd); err != nil {
+		return toGRPC(err)
+	}
 	k.s.streams.begin()
 	defer k.s.streams.end()
-	err := k.s.apply.RangeStream(rs.Context(), r, int(k.s.cfg.MaxRequestBytes), func(resp *pb.RangeResponse) error {
+	err = k.s.apply.RangeStream(rs.Context(), r, int(k.s.cfg.MaxRequestBytes), func(resp *pb.RangeResponse) error {
 		if resp.Header != nil {
 			k.s.fill(resp.Header)
 		}
@@ -50,7 +68,14 @@ func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 	if err := checkPut(r); err != nil {
 		return nil, err
 	}
+	c, err := k.s.writeCaller(ctx)
+	if err != nil {
+		return nil, err
+	}
 	if err := checkSize(&pb.InternalRaftRequest{Put: r}, k.s.cfg.MaxRequestBytes); err != nil {
+		return nil, toGRPC(err)
+	}
+	if err := k.s.checkPutAuth(ctx, c, r); err != nil {
 		return nil, toGRPC(err)
 	}
 	resp, err := k.s.apply.Put(ctx, r)
@@ -65,7 +90,14 @@ func (k *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*
 	if err := checkDelete(r); err != nil {
 		return nil, err
 	}
+	c, err := k.s.writeCaller(ctx)
+	if err != nil {
+		return nil, err
+	}
 	if err := checkSize(&pb.InternalRaftRequest{DeleteRange: r}, k.s.cfg.MaxRequestBytes); err != nil {
+		return nil, toGRPC(err)
+	}
+	if err := checkDeleteAuth(c, r); err != nil {
 		return nil, toGRPC(err)
 	}
 	resp, err := k.s.apply.DeleteRange(ctx, r)
@@ -87,21 +119,42 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 	if _, _, err := checkIntervals(r.Failure); err != nil {
 		return nil, err
 	}
-	// A read-only txn is no proposal in etcd: no size limit.
-	if !txn.IsReadOnly(r) {
+	// A read-only txn is no proposal in etcd: no size limit; its
+	// permissions are checked as a read's, with the staleness check after.
+	readOnly := txn.IsReadOnly(r)
+	caller := k.s.writeCaller
+	if readOnly {
+		caller = k.s.caller
+	}
+	c, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !readOnly {
 		if err := checkSize(&pb.InternalRaftRequest{Txn: r}, k.s.cfg.MaxRequestBytes); err != nil {
 			return nil, toGRPC(err)
 		}
 	}
+	if err := k.s.checkTxnAuth(ctx, c, r); err != nil {
+		return nil, toGRPC(err)
+	}
 	resp, err := k.s.apply.Txn(ctx, r)
 	if err != nil {
 		return nil, toGRPC(err)
+	}
+	if readOnly {
+		if err := k.s.stale(ctx, c, func(c *auth.Checker) error { return k.s.checkTxnAuth(ctx, c, r) }); err != nil {
+			return nil, err
+		}
 	}
 	k.s.fill(resp.Header)
 	return resp, nil
 }
 
 func (k *kvServer) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	if err := k.s.admin(ctx); err != nil {
+		return nil, err
+	}
 	if err := checkSize(&pb.InternalRaftRequest{Compaction: r}, k.s.cfg.MaxRequestBytes); err != nil {
 		return nil, toGRPC(err)
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"testing"
@@ -16,7 +17,11 @@ import (
 )
 
 // startKV serves a fresh SQLite-backed shimd on loopback and returns a client.
-func startKV(tb testing.TB) pb.KVClient {
+func startKV(tb testing.TB) pb.KVClient { return pb.NewKVClient(startConn(tb)) }
+
+// startConn serves a fresh SQLite-backed shimd on loopback and returns a
+// connection to it.
+func startConn(tb testing.TB) *grpc.ClientConn {
 	tb.Helper()
 	be, err := sqlite.Open(filepath.Join(tb.TempDir(), "shimd.db"))
 	if err != nil {
@@ -26,7 +31,7 @@ func startKV(tb testing.TB) pb.KVClient {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	srv := New(log, Config{})
+	srv := New(log, Config{Logger: slog.New(slog.DiscardHandler)})
 	g := grpc.NewServer(srv.GRPCOptions()...)
 	srv.Register(g)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -44,7 +49,7 @@ func startKV(tb testing.TB) pb.KVClient {
 		srv.Close()
 		log.Close()
 	})
-	return pb.NewKVClient(conn)
+	return conn
 }
 
 var benchValue = make([]byte, 1024)

@@ -106,6 +106,9 @@ func (ls *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) erro
 		if err != nil {
 			return err
 		}
+		if err := ls.s.authRenew(stream.Context(), req.ID); err != nil {
+			return err
+		}
 		ttl, err := ls.renewLease(stream.Context(), req.ID)
 		if err != nil {
 			return toGRPC(err)

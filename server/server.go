@@ -20,6 +20,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/shimd/shimd/auth"
 	"github.com/shimd/shimd/server/txn"
 	"github.com/shimd/shimd/sqllog"
 )
@@ -54,7 +55,10 @@ type Config struct {
 	KeepAliveMinTime, KeepAliveInterval, KeepAliveTimeout time.Duration
 	// MaxConcurrentStreams bounds the streams of one client connection.
 	MaxConcurrentStreams uint32
-	Logger               *slog.Logger
+	// Auth is the auth store (nil: one opened on the log with etcd's
+	// defaults).
+	Auth   *auth.Store
+	Logger *slog.Logger
 }
 
 // Server is one shimd member: the gRPC services over one log.
@@ -66,6 +70,7 @@ type Server struct {
 	quota    *quota
 	apply    *txn.Applier
 	streams  streamHeap
+	auth     *auth.Store
 	health   *health.Server
 	stop     context.CancelFunc
 	wg       sync.WaitGroup
@@ -121,7 +126,13 @@ func New(log *sqllog.Log, cfg Config) *Server {
 	host, _ := os.Hostname()
 	h.Write([]byte(host))
 	ctx, stop := context.WithCancel(context.Background())
-	s := &Server{log: log, cfg: cfg, lg: cfg.Logger, memberID: h.Sum64(), stop: stop, apply: txn.NewApplier(log)}
+	s := &Server{log: log, cfg: cfg, lg: cfg.Logger, memberID: h.Sum64(), stop: stop, apply: txn.NewApplier(log), auth: cfg.Auth}
+	if s.auth == nil {
+		var err error
+		if s.auth, err = auth.Open(ctx, log, auth.Config{Logger: s.lg}); err != nil {
+			panic("shimd: opening the auth store: " + err.Error())
+		}
+	}
 	s.quota = newQuota(log, s.lg, s.memberID, cfg.QuotaBackendBytes)
 	s.health = health.NewServer()
 	s.quota.refresh(ctx)
@@ -144,6 +155,9 @@ func (s *Server) MemberID() uint64 { return s.memberID }
 func (s *Server) Close() {
 	s.stop()
 	s.wg.Wait()
+	if s.cfg.Auth == nil {
+		s.auth.Close()
+	}
 }
 
 // GRPCOptions are the server options etcd's limits imply.
@@ -164,10 +178,11 @@ func (s *Server) GRPCOptions() []grpc.ServerOption {
 // Register adds shimd's services to g.
 func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterKVServer(g, quotaKVServer{&kvServer{s: s}, s.quota})
-	pb.RegisterLeaseServer(g, quotaLeaseServer{&leaseServer{s: s}, s.quota})
+	pb.RegisterLeaseServer(g, quotaLeaseServer{authLeaseServer{&leaseServer{s: s}, s}, s.quota})
 	pb.RegisterWatchServer(g, &watchServer{s: s})
-	pb.RegisterMaintenanceServer(g, &maintenanceServer{s: s})
-	pb.RegisterClusterServer(g, &clusterServer{s: s})
+	pb.RegisterMaintenanceServer(g, authMaintenanceServer{&maintenanceServer{s: s}, s})
+	pb.RegisterClusterServer(g, authClusterServer{&clusterServer{s: s}, s})
+	pb.RegisterAuthServer(g, &authServer{s: s})
 	healthpb.RegisterHealthServer(g, s.health)
 	grpcMetrics.InitializeMetrics(g)
 }

@@ -181,6 +181,12 @@ func (sws *watchStream) create(c *pb.WatchCreateRequest) bool {
 			Created: true, Canceled: true, CancelReason: rpctypes.ErrCompacted.Error(),
 		}, 0)
 	}
+	if reason := sws.s.watchDenied(sws.grpc.Context(), c); reason != "" {
+		return sws.control(&pb.WatchResponse{
+			Header: sws.header(sws.ws.Rev()), WatchId: sqllog.InvalidWatchID,
+			Created: true, Canceled: true, CancelReason: reason,
+		}, 0)
+	}
 	end := c.RangeEnd
 	switch {
 	case len(end) == 0:

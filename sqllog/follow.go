@@ -38,6 +38,7 @@ type follower struct {
 	compactor *compactor
 	leases    *lessor
 	alarms    *alarmSet
+	auth      *authTables
 	lg        *slog.Logger
 
 	quit chan struct{}
@@ -126,6 +127,7 @@ func (f *follower) sync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	f.auth.saw(m.authGen)
 	s := f.s
 	s.mu.RLock()
 	current := m.rev <= s.rev && m.compactRev <= s.compactRev && m.leaseGen == s.leaseGen

@@ -21,6 +21,8 @@ import (
 //   - lessor (lessor.go, lease.go): RenewLease, LookupLease, Leases, ExpiredLeases;
 //   - alarmSet (alarm.go): Alarms, SetAlarm;
 //   - members (member.go): Heartbeat, Members;
+//   - authTables (auth.go, authtoken.go): LoadAuth, UpdateAuth, AuthGen,
+//     and the simple tokens;
 //   - maintenance (space.go, hash.go, snapshot.go): Size, Defragment,
 //     HashKV, Hash, WriteSnapshot.
 type Log struct {
@@ -34,6 +36,7 @@ type Log struct {
 	*lessor
 	*alarmSet
 	*members
+	*authTables
 	*maintenance
 
 	clusterID uint64
@@ -73,7 +76,8 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 	l.hub = &hub{s: s, st: st, lg: lg}
 	l.alarmSet = &alarmSet{st: st}
 	l.members = &members{st: st}
-	l.follower = &follower{s: s, st: st, hub: l.hub, alarms: l.alarmSet, lg: lg}
+	l.authTables = &authTables{st: st}
+	l.follower = &follower{s: s, st: st, hub: l.hub, alarms: l.alarmSet, auth: l.authTables, lg: lg}
 	l.reader = &reader{s: s, st: st, f: l.follower}
 	l.lessor = &lessor{s: s, st: st, f: l.follower}
 	l.compactor = &compactor{s: s, st: st, f: l.follower, lg: lg}
@@ -83,6 +87,9 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 	l.writer = &writer{s: s, st: st, r: l.reader, f: l.follower, hub: l.hub, maxBatch: opts.MaxBatch}
 
 	m, err := st.open(ctx)
+	if err == nil {
+		err = l.authTables.initAuth(ctx)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -200,8 +200,6 @@ type RestoreOptions struct {
 	// Progress, if set, is called now and then with the revision
 	// written up to and the snapshot's last one.
 	Progress func(done, total int64)
-	// Warn, if set, is told of what the snapshot holds that is not restored.
-	Warn func(msg string)
 }
 
 // Restore loads a snapshot file into an empty database (one Open created
@@ -238,9 +236,17 @@ func Restore(ctx context.Context, l *Log, path string, opts RestoreOptions) erro
 	}
 	defer tx.Rollback()
 	var rev, lastID, compactRev int64 = 1, 0, 0
+	var auth *AuthData
 	err = viewSafely(db, func(btx *bolt.Tx) error {
-		if a := btx.Bucket(bucketAuth); a != nil && bytes.Equal(a.Get(authEnabledKey), []byte{1}) && opts.Warn != nil {
-			opts.Warn("the snapshot has etcd authentication enabled: shimd does not implement it, so its users and roles are not restored")
+		d, ok, err := readAuthBuckets(btx)
+		if err != nil {
+			return err
+		}
+		if ok {
+			if err := restoreAuth(ctx, st, tx, d); err != nil {
+				return err
+			}
+			auth = d
 		}
 		meta := btx.Bucket(bucketMeta)
 		compactRev = max(metaRev(meta, metaFinishedCompact), metaRev(meta, metaScheduledCompct))
@@ -259,7 +265,7 @@ func Restore(ctx context.Context, l *Log, path string, opts RestoreOptions) erro
 			}
 			return err
 		}
-		err := kb.ForEach(func(k, v []byte) error {
+		err = kb.ForEach(func(k, v []byte) error {
 			main, sub, tomb, err := parseRev(k)
 			if err != nil {
 				return err
@@ -307,7 +313,13 @@ func Restore(ctx context.Context, l *Log, path string, opts RestoreOptions) erro
 	if _, err := tx.ExecContext(ctx, st.q(`UPDATE shimd_meta SET rev = ?, last_id = ?, compact_rev = ?, lease_gen = lease_gen + 1 WHERE id = 1`), rev, lastID, compactRev); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	if auth != nil {
+		l.authTables.saw(auth.Gen())
+	}
+	return nil
 }
 
 // parseLease decodes the ID and TTL of a leasepb.Lease.

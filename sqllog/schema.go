@@ -20,6 +20,12 @@ const (
 	alarmTable  = "shimd_alarm"
 	memberTable = "shimd_member"
 	logRevIndex = "shimd_log_rev"
+	// etcd's auth store: the enabled flag and auth revision (one row),
+	// users, roles with their permissions, and issued simple tokens.
+	authTable      = "shimd_auth"
+	authUserTable  = "shimd_auth_user"
+	authRoleTable  = "shimd_auth_role"
+	authTokenTable = "shimd_auth_token"
 )
 
 // tableNames is how the drivers learn the tables' names.
@@ -100,6 +106,33 @@ func schemaStatements(s drivers.Schema) []string {
 		"client_urls " + s.Text + " NOT NULL",
 		"heartbeat_at " + s.BigInt + " NOT NULL",
 	})
+	// Auth tables, added after schema version 1 without changing it: they
+	// are created where absent, and an absent auth row reads as etcd's
+	// fresh auth store (disabled, revision 1). Names are keyed by a hash
+	// of the name (MySQL cannot index a BLOB whole).
+	table(authTable, []string{
+		"id " + s.Int + " PRIMARY KEY" + check("id = 1"),
+		"enabled " + s.Bool + " NOT NULL",
+		"rev " + s.BigInt + " NOT NULL",
+	})
+	table(authUserTable, []string{
+		"name_hash " + s.BigInt + " NOT NULL",
+		"name " + s.Key + " NOT NULL",
+		"password " + s.Bytes + " NOT NULL",
+		"no_password " + s.Bool + " NOT NULL",
+		"roles " + s.Bytes + " NOT NULL",
+	}, index{authUserTable + "_hash", "name_hash"})
+	table(authRoleTable, []string{
+		"name_hash " + s.BigInt + " NOT NULL",
+		"name " + s.Key + " NOT NULL",
+		"perms " + s.Bytes + " NOT NULL",
+	}, index{authRoleTable + "_hash", "name_hash"})
+	table(authTokenTable, []string{
+		"token_hash " + s.BigInt + " NOT NULL",
+		"token " + s.Key + " NOT NULL",
+		"user_name " + s.Key + " NOT NULL",
+		"expires_at " + s.BigInt + " NOT NULL",
+	}, index{authTokenTable + "_hash", "token_hash"})
 	return stmts
 }
 

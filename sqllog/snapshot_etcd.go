@@ -121,11 +121,7 @@ func (mt *maintenance) WriteSnapshotDB(ctx context.Context, path string) (Snapsh
 		if err := btx.Bucket(bucketCluster).Put(clusterVersionKey, []byte(etcdStorageVersion)); err != nil {
 			return err
 		}
-		a := btx.Bucket(bucketAuth)
-		if err := a.Put(authEnabledKey, []byte{0}); err != nil {
-			return err
-		}
-		return a.Put(authRevisionKey, u64(1))
+		return writeAuthBuckets(ctx, mt.st, tx, btx)
 	}); err != nil {
 		return info, fmt.Errorf("snapshot: %w", err)
 	}

@@ -80,6 +80,9 @@ type meta struct {
 	compactRev    int64
 	leaseGen      int64
 	clusterID     int64
+	// authGen is the auth store's generation (AuthData.Gen), read with the
+	// meta row (not under its lock) so that a barrier notices auth changes.
+	authGen int64
 }
 
 type queryer interface {
@@ -92,10 +95,14 @@ type queryer interface {
 func (st *store) readMeta(ctx context.Context, q queryer, lock bool) (meta, error) {
 	var m meta
 	query := `SELECT schema_version, rev, last_id, compact_rev, lease_gen, cluster_id FROM shimd_meta WHERE id = 1`
+	dest := []any{&m.schemaVersion, &m.rev, &m.lastID, &m.compactRev, &m.leaseGen, &m.clusterID}
 	if lock {
 		query += st.be.Dialect.ForUpdate()
+	} else {
+		query = `SELECT schema_version, rev, last_id, compact_rev, lease_gen, cluster_id, COALESCE((SELECT 2 * rev + CASE WHEN enabled THEN 1 ELSE 0 END FROM ` + authTable + ` WHERE id = 1), 2) FROM shimd_meta WHERE id = 1`
+		dest = append(dest, &m.authGen)
 	}
-	err := q.QueryRowContext(ctx, query).Scan(&m.schemaVersion, &m.rev, &m.lastID, &m.compactRev, &m.leaseGen, &m.clusterID)
+	err := q.QueryRowContext(ctx, query).Scan(dest...)
 	if err != nil {
 		return m, fmt.Errorf("read meta: %w", err)
 	}

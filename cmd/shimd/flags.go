@@ -28,6 +28,7 @@ type config struct {
 	listenMetricsURLs   string
 	advertiseClientURLs string
 	maxStreams          uint
+	authTokenTTL        uint
 	valueCacheSize      int64
 	logLevel            string
 	logFormat           string
@@ -87,6 +88,10 @@ func newFlagSet(cfg *config, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.KeyFile, "key-file", "", "Path to the client server TLS key file.")
 	fs.StringVar(&cfg.TrustedCAFile, "trusted-ca-file", "", "Path to the client server TLS trusted CA cert file; setting it requires client certificates, as in etcd, whatever --client-cert-auth says.")
 	fs.BoolVar(&cfg.ClientCertAuth, "client-cert-auth", false, "Enable client cert authentication.")
+	// Auth
+	fs.StringVar(&cfg.AuthToken, "auth-token", "simple", "Specify auth token specific options: simple, or jwt,pub-key=…,priv-key=…,sign-method=…[,ttl=…].")
+	fs.UintVar(&cfg.authTokenTTL, "auth-token-ttl", 300, "The lifetime in seconds of an unused simple auth token.")
+	fs.IntVar(&cfg.BcryptCost, "bcrypt-cost", 10, "Specify bcrypt algorithm cost factor for auth password hashing.")
 	// Logging
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "Configures log level. Only supports debug, info, warn, error.")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "Configures log format. Only supports text, json.")
@@ -221,6 +226,7 @@ func validate(cfg *config) error {
 		return fmt.Errorf("--listen-client-urls is empty")
 	}
 	cfg.MaxConcurrentStreams = uint32(cfg.maxStreams)
+	cfg.AuthTokenTTL = time.Duration(cfg.authTokenTTL) * time.Second
 	cfg.ValueCacheSize = cfg.valueCacheSize
 	if cfg.ValueCacheSize == 0 {
 		cfg.ValueCacheSize = -1 // the flag's 0 disables; the Config's 0 is the default

@@ -79,7 +79,7 @@ func snapshotRestore(file string, args []string) error {
 			last = time.Now()
 			fmt.Fprintf(out, "restoring %s: revision %d of %d (%.0f%%)\n", file, done, total, 100*float64(done)/float64(max(total, 1)))
 		}
-	}, Warn: func(msg string) { fmt.Fprintf(out, "warning: %s\n", msg) }}
+	}}
 	if err := sqllog.Restore(ctx, log, file, opts); err != nil {
 		return fmt.Errorf("restore %s: %w", file, err)
 	}

@@ -123,7 +123,7 @@ type config struct {
 
 // allTargets in table order: etcd first, then shimd, then kine (the
 // incumbent shim, for the goals stated relative to it).
-var allTargets = []string{"etcd", "sqlite", "postgres", "mariadb", "kine-sqlite", "kine-postgres", "kine-mariadb"}
+var allTargets = []string{"etcd", "sqlite", "postgres", "mariadb", "kine-sqlite", "kine-postgres", "kine-mariadb", "etcd-auth", "sqlite-auth", "postgres-auth", "mariadb-auth"}
 
 // defaultTargets is what --targets defaults to (make bench). kine-postgres
 // is in since the PostgreSQL write goals are stated relative to kine, and
@@ -236,7 +236,7 @@ func run(cfg *config) error {
 	}
 
 	// Binaries.
-	if contains(cfg.targets, "etcd") && cfg.etcdBin == "" {
+	if (contains(cfg.targets, "etcd") || contains(cfg.targets, "etcd-auth")) && cfg.etcdBin == "" {
 		logf("building bench/etcd (etcd 3.7 server)")
 		if cfg.etcdBin, err = harness.Build(confDir, "./bench/etcd", binDir, "etcd"); err != nil {
 			return err
@@ -264,7 +264,8 @@ func run(cfg *config) error {
 	// Database servers (a kine target uses its shimd twin's).
 	backends := map[string]harness.Backend{"etcd": {Name: "etcd", Kind: harness.KindSQLite}, "sqlite": {Name: "sqlite", Kind: harness.KindSQLite}}
 	var notices []string
-	if contains(cfg.targets, "postgres") || contains(cfg.targets, "mariadb") || contains(cfg.targets, "kine-postgres") || contains(cfg.targets, "kine-mariadb") {
+	if contains(cfg.targets, "postgres") || contains(cfg.targets, "mariadb") || contains(cfg.targets, "kine-postgres") || contains(cfg.targets, "kine-mariadb") ||
+		contains(cfg.targets, "postgres-auth") || contains(cfg.targets, "mariadb-auth") {
 		for _, b := range harness.Backends() {
 			switch {
 			case b.Kind == harness.KindPostgres && backends["postgres"].Name == "":
@@ -276,7 +277,7 @@ func run(cfg *config) error {
 	}
 	var targets []string
 	for _, t := range cfg.targets {
-		b, ok := backends[strings.TrimPrefix(t, "kine-")]
+		b, ok := backends[backendOf(t)]
 		switch {
 		case !ok:
 			notices = append(notices, fmt.Sprintf("%s: not configured (%s / %s / %s): skipped", t, harness.EnvPostgres, harness.EnvMySQL, harness.EnvBackends))
@@ -301,7 +302,7 @@ func run(cfg *config) error {
 		if cfg.order == "target" {
 			for _, t := range targets {
 				logf("run %d/%d: %s (load %s)", r+1, cfg.runs, t, loadavg())
-				s := startTarget(cfg, t, backends[strings.TrimPrefix(t, "kine-")], r, vals)
+				s := startTarget(cfg, t, backends[backendOf(t)], r, vals)
 				for _, st := range steps {
 					rep.sampleLoad(r)
 					s.step(st, 0, 1)
@@ -312,7 +313,7 @@ func run(cfg *config) error {
 			var servers []*server
 			for _, t := range targets {
 				logf("run %d/%d: starting %s", r+1, cfg.runs, t)
-				s := startTarget(cfg, t, backends[strings.TrimPrefix(t, "kine-")], r, vals)
+				s := startTarget(cfg, t, backends[backendOf(t)], r, vals)
 				if s.failed {
 					fmt.Fprintf(os.Stderr, "bench: %s: %s\n", t, s.res.Err)
 				}
@@ -410,7 +411,7 @@ func startTarget(cfg *config, name string, b harness.Backend, runIdx int, vals *
 	s.p = p
 	var prof *profiler
 	switch {
-	case name == "etcd":
+	case strings.TrimSuffix(name, authSuffix) == "etcd":
 		p.Bin = cfg.etcdBin
 	case isKine(name):
 		args, err := kineArgs(store.Backend)
@@ -456,12 +457,21 @@ func startTarget(cfg *config, name string, b harness.Backend, runIdx int, vals *
 		}
 	}()
 
+	user, password := "", ""
+	if strings.HasSuffix(name, authSuffix) {
+		if err := enableAuth(p.Endpoint); err != nil {
+			return fail("enable auth: %v", err)
+		}
+		user, password = "root", "bench"
+	}
 	clis := make([]*clientv3.Client, cfg.conns+1) // the last one carries the watch
 	for i := range clis {
 		clis[i], err = clientv3.New(clientv3.Config{
 			Endpoints:   []string{p.Endpoint},
 			DialTimeout: 5 * time.Second,
 			Logger:      zap.NewNop(),
+			Username:    user,
+			Password:    password,
 		})
 		if err != nil {
 			return fail("client: %v", err)
@@ -526,7 +536,7 @@ func (s *server) finish() *result {
 }
 
 func kindOf(target string) string {
-	switch target {
+	switch target = strings.TrimSuffix(target, authSuffix); target {
 	case "etcd", "sqlite":
 		return target
 	case "kine-sqlite":
@@ -536,7 +546,38 @@ func kindOf(target string) string {
 }
 
 // isShimd tells shimd's targets from etcd and kine.
-func isShimd(target string) bool { return target != "etcd" && !isKine(target) }
+func isShimd(target string) bool {
+	return strings.TrimSuffix(target, authSuffix) != "etcd" && !isKine(target)
+}
+
+// authSuffix marks a target run with auth on: root with the root role, auth
+// enabled, every client authenticated as root (a simple token on every
+// request). Compare it with the same target without the suffix.
+const authSuffix = "-auth"
+
+// backendOf is the backend a target's store is on.
+func backendOf(target string) string {
+	return strings.TrimSuffix(strings.TrimPrefix(target, "kine-"), authSuffix)
+}
+
+// enableAuth adds root and enables auth on the server at endpoint.
+func enableAuth(endpoint string) error {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := cli.UserAdd(ctx, "root", "bench"); err != nil {
+		return err
+	}
+	if _, err := cli.UserGrantRole(ctx, "root", "root"); err != nil {
+		return err
+	}
+	_, err = cli.AuthEnable(ctx)
+	return err
+}
 
 // profiler switches shimdprof's CPU profile on and off around a phase.
 type profiler struct {

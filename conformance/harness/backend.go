@@ -172,6 +172,12 @@ type Options struct {
 	// derives its minimum lease TTL from it: ceil(1.5 × election timeout),
 	// so 1 s at 100 ms and 2 s at etcd's default 1000 ms.
 	ElectionMs uint
+	// AuthToken is --auth-token for both servers ("" = the default,
+	// simple; embedded etcd: cfg.AuthToken).
+	AuthToken string
+	// BcryptCost is --bcrypt-cost for both (0 = the default, 10; tests use
+	// bcrypt's minimum, 4, for speed).
+	BcryptCost uint
 }
 
 // EnvElectionMs carries Options.ElectionMs to a self-test stand-in.

@@ -96,6 +96,12 @@ func startEtcdOnce(c EtcdConfig) (*Embedded, error) {
 	if c.Options.WatchProgressNotifyInterval != 0 {
 		cfg.WatchProgressNotifyInterval = c.Options.WatchProgressNotifyInterval
 	}
+	if c.Options.AuthToken != "" {
+		cfg.AuthToken = c.Options.AuthToken
+	}
+	if c.Options.BcryptCost != 0 {
+		cfg.BcryptCost = c.Options.BcryptCost
+	}
 	lg := c.Logger
 	if lg == nil {
 		lg = zap.NewNop()

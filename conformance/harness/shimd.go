@@ -99,6 +99,12 @@ func (p *Process) shimdArgs(addr string) []string {
 	if p.Options.WatchProgressNotifyInterval != 0 {
 		args = append(args, "--watch-progress-notify-interval", p.Options.WatchProgressNotifyInterval.String())
 	}
+	if p.Options.AuthToken != "" {
+		args = append(args, "--auth-token", p.Options.AuthToken)
+	}
+	if p.Options.BcryptCost != 0 {
+		args = append(args, "--bcrypt-cost", strconv.FormatUint(uint64(p.Options.BcryptCost), 10))
+	}
 	args = append(args, p.ExtraArgs...)
 	return append(args, "--log-level", "warn")
 }

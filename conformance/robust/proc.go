@@ -133,8 +133,10 @@ func (p *Proc) Output() string { return p.proc.Output() }
 
 // Dial opens a gRPC connection to addr that reconnects quickly (a killed
 // server is back within a second or so) and has no message size limits.
-// tc nil means plaintext.
-func Dial(addr string, tc *tls.Config) (*grpc.ClientConn, error) { return proc.Dial(addr, tc) }
+// tc nil means plaintext; extra are more options (per-RPC credentials).
+func Dial(addr string, tc *tls.Config, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
+	return proc.Dial(addr, tc, extra...)
+}
 
 // Mem is a process's resident set (VmRSS), its peak (VmHWM) and its
 // anonymous part (RssAnon: the heap, without file pages such as a mapped

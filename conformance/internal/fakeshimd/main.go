@@ -27,6 +27,8 @@ func main() {
 	quota := flag.Int64("quota-backend-bytes", 0, "space quota (0 = default)")
 	progressInterval := flag.Duration("watch-progress-notify-interval", 0, "period of watch progress notifications (0 = default)")
 	logLevel := flag.String("log-level", "warn", "log level")
+	authToken := flag.String("auth-token", "", "auth token options (\"\" = default)")
+	bcryptCost := flag.Uint("bcrypt-cost", 0, "bcrypt cost (0 = default)")
 	flag.Parse()
 	_ = endpoint
 	if *dataDir == "" {
@@ -50,7 +52,7 @@ func main() {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 
-	opts := harness.Options{MaxTxnOps: *maxTxnOps, MaxRequestBytes: *maxReq, QuotaBackendBytes: *quota, WatchProgressNotifyInterval: *progressInterval}
+	opts := harness.Options{MaxTxnOps: *maxTxnOps, MaxRequestBytes: *maxReq, QuotaBackendBytes: *quota, WatchProgressNotifyInterval: *progressInterval, AuthToken: *authToken, BcryptCost: *bcryptCost}
 	if v := os.Getenv(harness.EnvElectionMs); v != "" {
 		ms, err := strconv.ParseUint(v, 10, 32)
 		if err != nil {

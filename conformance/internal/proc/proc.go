@@ -19,6 +19,7 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
@@ -166,7 +167,8 @@ func (p *Proc) waitReady() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_, last = kv.Range(ctx, &pb.RangeRequest{Key: []byte("conformance-readiness-probe")})
 		cancel()
-		if last == nil {
+		// With auth on, an anonymous Range is refused: the server answered.
+		if last == nil || errors.Is(last, rpctypes.ErrGRPCUserEmpty) {
 			return nil
 		}
 		select {
@@ -282,19 +284,19 @@ func (p *Proc) Output() string {
 // Dial opens a gRPC connection to addr that reconnects quickly (a killed
 // server is back within a second or so) and has no message size limits.
 // tc nil means plaintext.
-func Dial(addr string, tc *tls.Config) (*grpc.ClientConn, error) {
+func Dial(addr string, tc *tls.Config, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 	creds := insecure.NewCredentials()
 	if tc != nil {
 		creds = credentials.NewTLS(tc)
 	}
-	return grpc.NewClient("passthrough:///"+addr,
+	return grpc.NewClient("passthrough:///"+addr, append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.5, Jitter: 0.2, MaxDelay: 400 * time.Millisecond},
 			MinConnectTimeout: 2 * time.Second,
 		}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<31-1), grpc.MaxCallSendMsgSize(1<<31-1)),
-	)
+	}, extra...)...)
 }
 
 func freePort() (int, error) {
