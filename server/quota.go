@@ -56,7 +56,9 @@ func newQuota(log quotaLog, lg *slog.Logger, memberID uint64, bytes int64) *quot
 func (q *quota) refresh(ctx context.Context) {
 	size, inUse, err := q.log.Size(ctx)
 	if err != nil {
-		q.lg.Warn("measuring the database size failed", "err", err)
+		if ctx.Err() == nil { // not a stop
+			q.lg.Warn("measuring the database size failed", "err", err)
+		}
 		return
 	}
 	q.size.Store(size)

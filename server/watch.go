@@ -135,7 +135,7 @@ func (sws *watchStream) recvLoop() error {
 		}
 		// Answers carry the store's revision, and a progress response must
 		// follow every event up to it: first catch up with other processes.
-		if err := sws.s.log.Barrier(sws.grpc.Context()); err != nil {
+		if err := sws.s.log.Barrier(sws.grpc.Context()); err != nil && sws.grpc.Context().Err() == nil {
 			sws.s.lg.Warn("watch: catching up with the database failed", "err", err)
 		}
 		switch r := req.RequestUnion.(type) {
