@@ -23,16 +23,17 @@ func (s *Server) caller(ctx context.Context) (*auth.Checker, error) {
 }
 
 // writeCaller is caller for a write: with auth on and the database
-// shared, the process first catches up with it (a barrier, as a
-// linearizable read makes), so that a permission revoked through another
-// process is denied here at once. Reads get the same from their own
-// barrier, after which Store.Stale notices the change.
+// shared, the process first reads the auth generation (one primary-key
+// read; not a full barrier, which would also catch the log up), so that a
+// permission revoked through another process is denied here at once.
+// Reads get the same from their own barrier, after which Store.Stale
+// notices the change.
 func (s *Server) writeCaller(ctx context.Context) (*auth.Checker, error) {
 	c, err := s.auth.Caller(ctx)
 	if err != nil || c == nil || !s.log.Shared() {
 		return c, toGRPC(err)
 	}
-	if err := s.log.Barrier(ctx); err != nil {
+	if err := s.log.SyncAuth(ctx); err != nil {
 		return nil, toGRPC(err)
 	}
 	return s.caller(ctx)

@@ -21,7 +21,7 @@ import (
 //   - lessor (lessor.go, lease.go): RenewLease, LookupLease, Leases, ExpiredLeases;
 //   - alarmSet (alarm.go): Alarms, SetAlarm;
 //   - members (member.go): Heartbeat, Members;
-//   - authTables (auth.go, authtoken.go): LoadAuth, UpdateAuth, AuthGen,
+//   - authTables (auth.go, authtoken.go): LoadAuth, UpdateAuth, AuthGen, SyncAuth,
 //     and the simple tokens;
 //   - maintenance (space.go, hash.go, snapshot.go): Size, Defragment,
 //     HashKV, Hash, WriteSnapshot.
