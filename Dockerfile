@@ -4,6 +4,7 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY shimd.go open.go run.go serve.go ./
+COPY auth ./auth
 COPY cmd ./cmd
 COPY compact ./compact
 COPY drivers ./drivers
