@@ -29,6 +29,7 @@ func OpenLog(ctx context.Context, cfg Config) (*sqllog.Log, error) {
 	log, err := sqllog.Open(ctx, be, sqllog.Options{
 		Logger:          cfg.Logger,
 		PollInterval:    cfg.DBPollInterval,
+		DBTimeout:       cfg.DBTimeout,
 		ValueCacheBytes: cfg.ValueCacheSize,
 	})
 	if err != nil {

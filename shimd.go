@@ -50,6 +50,9 @@ type Config struct {
 	// DBConnectTimeout bounds opening one connection (--db-connect-timeout;
 	// default 5 s).
 	DBConnectTimeout time.Duration
+	// DBTimeout bounds each commit and each database call of the background
+	// work (--db-timeout; default sqllog.DefaultDBTimeout).
+	DBTimeout time.Duration
 	// DBPollInterval is how often a shared database is polled for other
 	// processes' writes (--db-poll-interval; default
 	// sqllog.DefaultPollInterval).

@@ -47,6 +47,10 @@ func toGRPC(err error) error {
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, sqllog.ErrDBTimeout):
+		// etcd's answer to a proposal that did not commit in time; clientv3
+		// would take DeadlineExceeded for its own call's and retry.
+		return rpctypes.ErrGRPCTimeout
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
 	case errors.Is(err, sqllog.ErrCompacted):

@@ -2,6 +2,7 @@ package sqllog
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -17,7 +18,11 @@ import (
 func (w *writer) commit(reqs []*writeReq) {
 	w.s.applyMu.Lock()
 	defer w.s.applyMu.Unlock()
-	ctx := context.Background()
+	// A commit that outlives the timeout fails its requests; its outcome is
+	// then unknown, and the next batch reads the database to settle it.
+	ctx, cancel := w.st.bound(context.Background())
+	defer cancel()
+	defer timedOut(ctx, reqs)
 	batchSize.Observe(float64(len(reqs)))
 	exp := w.s.position()
 
@@ -67,6 +72,18 @@ func (w *writer) commit(reqs []*writeReq) {
 		r.err = nil
 	}
 	w.commitLocked(ctx, reqs, nil, exp)
+}
+
+// timedOut marks the failures of reqs that the commit's deadline caused.
+func timedOut(ctx context.Context, reqs []*writeReq) {
+	if ctx.Err() == nil {
+		return
+	}
+	for _, r := range reqs {
+		if r.err != nil && !errors.Is(r.err, ErrDBTimeout) && r.ctx.Err() == nil {
+			r.err = fmt.Errorf("%w: %v", ErrDBTimeout, r.err)
+		}
+	}
 }
 
 // fastCooldownBatches is how many batches take the locked path after the

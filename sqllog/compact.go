@@ -142,7 +142,10 @@ func (c *compactor) run() {
 			default:
 			}
 			n := min(len(job.ids), deleteChunk)
-			if err := c.st.deleteRows(context.Background(), job.ids[:n]); err != nil {
+			ctx, cancel := c.st.bound(context.Background())
+			err := c.st.deleteRows(ctx, job.ids[:n])
+			cancel()
+			if err != nil {
 				c.lg.Error("compaction: deleting superseded rows failed; retrying", "err", err)
 				select {
 				case <-c.quit:

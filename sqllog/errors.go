@@ -9,6 +9,10 @@ var (
 	ErrFutureRev = errors.New("sqllog: required revision is a future revision")
 	// ErrClosed means the log has been closed.
 	ErrClosed = errors.New("sqllog: log closed")
+	// ErrDBTimeout means the database did not answer within
+	// Options.DBTimeout. A write that fails with it may still have
+	// committed, as an etcd proposal that timed out may still apply.
+	ErrDBTimeout = errors.New("sqllog: the database did not answer in time")
 	// errNeedTx stops a request that runs against memory but must read the
 	// database under the meta row's lock; it runs again there.
 	errNeedTx = errors.New("sqllog: request needs the write transaction")

@@ -2,6 +2,7 @@ package sqllog
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -95,7 +96,9 @@ func (f *follower) start(interval time.Duration) {
 			}
 			err := f.sync(ctx)
 			if err == nil {
-				err = f.alarms.load(ctx)
+				actx, acancel := f.st.bound(ctx)
+				err = f.alarms.load(actx)
+				acancel()
 			}
 			if err != nil && ctx.Err() == nil {
 				f.lg.Warn("following the shared log failed; will retry", "err", err)
@@ -119,10 +122,20 @@ func (f *follower) Barrier(ctx context.Context) error {
 	return f.sync(ctx)
 }
 
-// sync catches the index up with the database's committed revision.
-func (f *follower) sync(ctx context.Context) error {
+// sync catches the index up with the database's committed revision. The
+// meta row's read is bounded by the store's timeout; the catch-up, whose
+// size is what other processes wrote meanwhile, by catchUpTimeouts of it. A
+// call cut short by them fails with ErrDBTimeout.
+func (f *follower) sync(ctx context.Context) (err error) {
 	start := time.Now()
-	m, err := f.st.readMeta(ctx, f.st.be.Read, false)
+	mctx, cancel := f.st.bound(ctx)
+	defer cancel()
+	defer func() {
+		if err != nil && mctx.Err() != nil && ctx.Err() == nil && !errors.Is(err, ErrDBTimeout) {
+			err = fmt.Errorf("%w: %v", ErrDBTimeout, err)
+		}
+	}()
+	m, err := f.st.readMeta(mctx, f.st.be.Read, false)
 	observe("read_meta", start)
 	if err != nil {
 		return err
@@ -140,8 +153,21 @@ func (f *follower) sync(ctx context.Context) error {
 	polls.WithLabelValues("changed").Inc()
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
-	return f.catchUpSnapshot(ctx, false)
+	cctx, ccancel := context.WithTimeout(ctx, catchUpTimeouts*f.st.timeout)
+	defer ccancel()
+	if err := f.catchUpSnapshot(cctx, false); err != nil {
+		if cctx.Err() != nil && ctx.Err() == nil {
+			return fmt.Errorf("%w: %v", ErrDBTimeout, err)
+		}
+		return err
+	}
+	return nil
 }
+
+// catchUpTimeouts is how many of the store's timeouts a catch-up may take:
+// it reads all that other processes committed since the last one, which a
+// process paused for a while finds large.
+const catchUpTimeouts = 10
 
 // catchUpSnapshot reads the meta row and the rows after this process's
 // revision in one snapshot and applies them; loading is the first time, when

@@ -23,7 +23,9 @@ func (h *hub) history(from, to int64) ([]*mvccpb.Event, int64, error) {
 	if evs, ok := h.cache.get(from, to); ok {
 		return evs, to, nil
 	}
-	return h.st.readEvents(context.Background(), from, to, historyRows, historyBytes)
+	ctx, cancel := h.st.bound(context.Background())
+	defer cancel()
+	return h.st.readEvents(ctx, from, to, historyRows, historyBytes)
 }
 
 // eventCache keeps the events of recent revisions, oldest first.

@@ -66,6 +66,9 @@ func (lr *lessor) load(ctx context.Context, q queryer) error {
 // never revives an expired lease, and one racing with a revocation waits
 // for it and then finds the row gone.
 func (lr *lessor) RenewLease(ctx context.Context, id int64, now time.Time) (int64, error) {
+	// A keep-alive stream's context lasts as long as the stream.
+	ctx, cancel := lr.st.bound(ctx)
+	defer cancel()
 	lr.s.mu.RLock()
 	var cur Lease
 	ls := lr.s.leases.byID[id]
@@ -249,6 +252,8 @@ func (lr *lessor) Leases(ctx context.Context) ([]Lease, error) {
 // their rows, which renewals through other processes may have moved on; a
 // lease the map does not know yet is left to the processes that do.
 func (lr *lessor) ExpiredLeases(ctx context.Context, now time.Time) ([]int64, error) {
+	ctx, cancel := lr.st.bound(ctx)
+	defer cancel()
 	lr.s.mu.RLock()
 	var ids []int64
 	for id, ls := range lr.s.leases.byID {

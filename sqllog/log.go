@@ -53,7 +53,17 @@ type Options struct {
 	// ValueCacheBytes is the size of the cache of recent values (0: the
 	// default; negative or under 1 MiB: no cache).
 	ValueCacheBytes int64
+	// DBTimeout bounds each commit and each database call of the
+	// background work (following other processes, compaction, leases,
+	// heartbeats, size) and of a read's catch-up (0: DefaultDBTimeout).
+	DBTimeout time.Duration
 }
+
+// DefaultDBTimeout is the default Options.DBTimeout: longer than any healthy
+// commit or catch-up, short enough that a hung database connection is
+// abandoned (and another host of a multi-host DSN tried) well before
+// clients give up.
+const DefaultDBTimeout = 10 * time.Second
 
 // DefaultValueCacheBytes is the default size of the value cache.
 const DefaultValueCacheBytes = 16 << 20
@@ -70,8 +80,11 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 	if opts.ValueCacheBytes == 0 {
 		opts.ValueCacheBytes = DefaultValueCacheBytes
 	}
+	if opts.DBTimeout <= 0 {
+		opts.DBTimeout = DefaultDBTimeout
+	}
 	lg := opts.Logger
-	s, st := newState(), newStore(be, opts.ValueCacheBytes)
+	s, st := newState(), newStore(be, opts.ValueCacheBytes, opts.DBTimeout)
 	l := &Log{state: s, store: st}
 	l.hub = &hub{s: s, st: st, lg: lg}
 	l.alarmSet = &alarmSet{st: st}

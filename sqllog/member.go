@@ -20,6 +20,8 @@ type members struct{ st *store }
 // Heartbeat records that member m is alive now. Processes sharing a
 // database list each other from these rows.
 func (mt *members) Heartbeat(ctx context.Context, m Member, now time.Time) error {
+	ctx, cancel := mt.st.bound(ctx)
+	defer cancel()
 	urls := strings.Join(m.ClientURLs, ",")
 	res, err := mt.st.be.Write.ExecContext(ctx, mt.st.q(`UPDATE shimd_member SET name = ?, client_urls = ?, heartbeat_at = ? WHERE id = ?`), m.Name, urls, now.UnixMilli(), int64(m.ID))
 	if err != nil {

@@ -27,6 +27,8 @@ const rowOverhead = 64
 // how many of them are live (dbSizeInUse). Where the database cannot tell
 // the live part cheaply, it is estimated from the retained rows.
 func (mt *maintenance) Size(ctx context.Context) (size, inUse int64, err error) {
+	ctx, cancel := mt.st.bound(ctx)
+	defer cancel()
 	size, inUse, err = mt.st.be.Dialect.Size(ctx, mt.st.be.Read, tableNames)
 	if err != nil {
 		return 0, 0, err

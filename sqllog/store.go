@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"time"
 
 	"github.com/shimd/shimd/drivers"
 )
@@ -18,14 +19,25 @@ type store struct {
 	values *valueCache
 	// appendQuery is the dialect's one-statement batch append ("" if none).
 	appendQuery string
+	// timeout bounds the database calls of the background loops and of a
+	// commit (Options.DBTimeout).
+	timeout time.Duration
 }
 
-func newStore(be *drivers.Backend, cacheBytes int64) *store {
-	st := &store{be: be, values: newValueCache(cacheBytes)}
+func newStore(be *drivers.Backend, cacheBytes int64, timeout time.Duration) *store {
+	st := &store{be: be, values: newValueCache(cacheBytes), timeout: timeout}
 	if ba, ok := be.Dialect.(drivers.BatchAppender); ok {
 		st.appendQuery = ba.AppendBatchQuery(tableNames)
 	}
 	return st
+}
+
+// bound returns ctx with the store's deadline for database calls, unless
+// ctx's own is sooner: a database that hangs (a frozen host, a partition)
+// fails the call in seconds instead of holding it, and whatever waits on it,
+// forever.
+func (st *store) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, st.timeout)
 }
 
 // open creates the tables if needed, prepares the write path's statements

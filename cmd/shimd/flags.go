@@ -68,6 +68,7 @@ func newFlagSet(cfg *config, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.Endpoint, "endpoint", "", "Database to store data in: empty for SQLite in the data dir, sqlite://PATH, postgres://USER@HOST:PORT/DB?sslmode=..., or mysql://USER:PASS@tcp(HOST:PORT)/DB.")
 	fs.IntVar(&cfg.DBMaxConns, "db-max-conns", 16, "Most connections in the database read pool (PostgreSQL, MySQL); the writer and PostgreSQL's listener use up to 5 more.")
 	fs.DurationVar(&cfg.DBConnectTimeout, "db-connect-timeout", 5*time.Second, "Time allowed to open one database connection.")
+	fs.DurationVar(&cfg.DBTimeout, "db-timeout", sqllog.DefaultDBTimeout, "Time allowed for a commit, and for each database call of the background work; a hung database connection is abandoned after it.")
 	fs.DurationVar(&cfg.DBPollInterval, "db-poll-interval", sqllog.DefaultPollInterval, "How often a shared database (PostgreSQL, MySQL) is polled for other shimd processes' writes.")
 	fs.Int64Var(&cfg.valueCacheSize, "value-cache-size", sqllog.DefaultValueCacheBytes, "Bytes of memory kept for recently written and read values, so that reads of them skip the database (0 disables).")
 	fs.BoolVar(&cfg.PostgresVacuumFull, "postgres-vacuum-full", false, "Make defragment run VACUUM FULL on PostgreSQL: returns all free space to the filesystem, but locks shimd's tables while it runs.")
