@@ -78,20 +78,8 @@ func (a *authServer) Authenticate(ctx context.Context, r *pb.AuthenticateRequest
 
 func (a *authServer) UserAdd(ctx context.Context, r *pb.AuthUserAddRequest) (*pb.AuthUserAddResponse, error) {
 	req := &pb.AuthUserAddRequest{Name: r.Name, Options: r.Options, HashedPassword: r.HashedPassword}
-	if r.Options == nil || !r.Options.NoPassword {
-		hash, err := a.s.auth.HashPassword(r.Password)
-		if err != nil {
-			return nil, toGRPC(err)
-		}
-		req.HashedPassword = hash
-	}
-	if _, err := a.s.caller(ctx); err != nil {
-		return nil, err
-	}
-	if err := checkSize(&pb.InternalRaftRequest{AuthUserAdd: req}, a.s.cfg.MaxRequestBytes); err != nil {
-		return nil, toGRPC(err)
-	}
-	if err := a.admin(ctx); err != nil {
+	hash := r.Options == nil || !r.Options.NoPassword
+	if err := a.hashedAdmin(ctx, r.Password, hash, &req.HashedPassword, &pb.InternalRaftRequest{AuthUserAdd: req}); err != nil {
 		return nil, err
 	}
 	h, err := a.done(a.s.auth.UserAdd(ctx, req))
@@ -142,20 +130,7 @@ func (a *authServer) UserDelete(ctx context.Context, r *pb.AuthUserDeleteRequest
 
 func (a *authServer) UserChangePassword(ctx context.Context, r *pb.AuthUserChangePasswordRequest) (*pb.AuthUserChangePasswordResponse, error) {
 	req := &pb.AuthUserChangePasswordRequest{Name: r.Name, HashedPassword: r.HashedPassword}
-	if r.Password != "" {
-		hash, err := a.s.auth.HashPassword(r.Password)
-		if err != nil {
-			return nil, toGRPC(err)
-		}
-		req.HashedPassword = hash
-	}
-	if _, err := a.s.caller(ctx); err != nil {
-		return nil, err
-	}
-	if err := checkSize(&pb.InternalRaftRequest{AuthUserChangePassword: req}, a.s.cfg.MaxRequestBytes); err != nil {
-		return nil, toGRPC(err)
-	}
-	if err := a.admin(ctx); err != nil {
+	if err := a.hashedAdmin(ctx, r.Password, r.Password != "", &req.HashedPassword, &pb.InternalRaftRequest{AuthUserChangePassword: req}); err != nil {
 		return nil, err
 	}
 	h, err := a.done(a.s.auth.UserChangePassword(ctx, req))
@@ -185,6 +160,20 @@ func (a *authServer) UserRevokeRole(ctx context.Context, r *pb.AuthUserRevokeRol
 		return nil, err
 	}
 	return &pb.AuthUserRevokeRoleResponse{Header: h}, nil
+}
+
+// hashedAdmin is sizedAdmin for a request carrying a password: if hash is
+// set, the password is hashed into *hashed first (raft holds the request
+// hashed points into), as etcd hashes before any other check.
+func (a *authServer) hashedAdmin(ctx context.Context, password string, hash bool, hashed *string, raft *pb.InternalRaftRequest) error {
+	if hash {
+		h, err := a.s.auth.HashPassword(password)
+		if err != nil {
+			return toGRPC(err)
+		}
+		*hashed = h
+	}
+	return a.sizedAdmin(ctx, raft)
 }
 
 // sizedAdmin is a management request's checks in etcd's order: the
