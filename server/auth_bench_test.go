@@ -86,14 +86,7 @@ func BenchmarkAuth(b *testing.B) {
 				ctx = authOn(b, pb.NewAuthClient(conn))
 			}
 			b.ResetTimer()
-			b.RunParallel(func(pb_ *testing.PB) {
-				for i := 0; pb_.Next(); i++ {
-					if _, err := kv.Range(ctx, &pb.RangeRequest{Key: []byte(fmt.Sprintf("/registry/pods/p%05d", i%1000))}); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
+			parallelGets(b, kv, ctx)
 		})
 	}
 }

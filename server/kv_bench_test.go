@@ -85,6 +85,12 @@ func BenchmarkGet(b *testing.B) {
 	fill(b, kv, 1000)
 	ctx := context.Background()
 	b.ResetTimer()
+	parallelGets(b, kv, ctx)
+}
+
+// parallelGets gets the keys fill wrote, one at a time, from parallel
+// goroutines, until b.N.
+func parallelGets(b *testing.B, kv pb.KVClient, ctx context.Context) {
 	b.RunParallel(func(pb_ *testing.PB) {
 		for i := 0; pb_.Next(); i++ {
 			if _, err := kv.Range(ctx, &pb.RangeRequest{Key: []byte(fmt.Sprintf("/registry/pods/p%05d", i%1000))}); err != nil {
