@@ -224,9 +224,26 @@ func (s *Store) Enabled(ctx context.Context) (bool, error) {
 // Caller returns the checker of a request: nil when auth is off (every
 // check passes). An invalid token fails with ErrInvalidAuthToken.
 func (s *Store) Caller(ctx context.Context) (*Checker, error) {
+	c, _, err := s.CallerAt(ctx)
+	return c, err
+}
+
+// CallerAt is Caller, with the auth generation (sqllog.AuthData.Gen) the
+// checker judges by, auth off included: what a write passes to
+// sqllog.CheckedAt.
+func (s *Store) CallerAt(ctx context.Context) (*Checker, int64, error) {
 	m, err := s.fresh(ctx)
-	if err != nil || !m.enabled() {
-		return nil, err
+	if err != nil {
+		return nil, 0, err
+	}
+	c, err := s.caller(ctx, m)
+	return c, m.data.Gen(), err
+}
+
+// caller is Caller against model m.
+func (s *Store) caller(ctx context.Context, m *model) (*Checker, error) {
+	if !m.enabled() {
+		return nil, nil
 	}
 	c := &Checker{m: m}
 	if md, ok := metadata.FromIncomingContext(ctx); ok {

@@ -19,7 +19,7 @@ import (
 // TestAuthClientCert: with --client-cert-auth and auth on, a verified
 // client certificate's common name is the user of a request without a
 // token, as in etcd: root's certificate may do anything, app's what app's
-// role grants, and a name that is no user is denied.
+// role grants, and a name that is no user is denied. On every backend.
 func TestAuthClientCert(t *testing.T) {
 	requireRobust(t)
 	if harness.EnvBool(envSelfTest) {
@@ -34,8 +34,17 @@ func TestAuthClientCert(t *testing.T) {
 		}
 		return &c
 	}
+	for _, b := range harness.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			needBackend(t, b)
+			authClientCert(t, pki, cert, newStore(t, b).Backend.Endpoint)
+		})
+	}
+}
+
+func authClientCert(t *testing.T, pki *testPKI, cert func(cn string) *tls.Certificate, endpoint string) {
 	p := &robust.Proc{
-		Bin: sutBin, DataDir: tempDir(t, "shimd"), TLS: pki.tlsConfig(&pki.client),
+		Bin: sutBin, DataDir: tempDir(t, "shimd"), Endpoint: endpoint, TLS: pki.tlsConfig(&pki.client),
 		Extra: []string{"--cert-file", pki.certFile, "--key-file", pki.keyFile, "--trusted-ca-file", pki.caFile, "--client-cert-auth", "--bcrypt-cost", "4"},
 	}
 	if err := p.Start(); err != nil {

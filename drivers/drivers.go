@@ -126,8 +126,8 @@ type BatchAppender interface {
 	// that tables names. Its arguments are the new rev
 	// and last_id; the expected rev, last_id and lease_gen and the highest
 	// expected compact_rev; then the appended rows' id, rev, sub, kv_key,
-	// value, create_rev, version, lease and deleted, each as an array. It
-	// returns one row with one column: 1 if the meta row matched and the rows
+	// value, create_rev, version, lease and deleted, each as an array; last
+	// the expected auth_gen. It returns one row with one column: 1 if the meta row matched and the rows
 	// were appended, 0 if it did not match and nothing changed.
 	AppendBatchQuery(tables Tables) string
 }

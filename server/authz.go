@@ -8,6 +8,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
 	"github.com/shimd/shimd/auth"
+	"github.com/shimd/shimd/sqllog"
 )
 
 // The permission checks of etcd's auth, where etcd makes them: the KV
@@ -22,21 +23,41 @@ func (s *Server) caller(ctx context.Context) (*auth.Checker, error) {
 	return c, toGRPC(err)
 }
 
-// writeCaller is caller for a write: with auth on and the database
-// shared, the process first reads the auth generation (one primary-key
-// read; not a full barrier, which would also catch the log up), so that a
-// permission revoked through another process is denied here at once.
-// Reads get the same from their own barrier, after which Store.Stale
-// notices the change.
-func (s *Server) writeCaller(ctx context.Context) (*auth.Checker, error) {
-	c, err := s.auth.Caller(ctx)
-	if err != nil || c == nil || !s.log.Shared() {
-		return c, toGRPC(err)
+// staleChecks bounds how often a write is checked again because the auth
+// store changed between its check and its commit; past that, the client
+// gets etcd's ErrAuthOldRevision (clientv3 then refreshes its token).
+const staleChecks = 3
+
+// authorizedWrite checks a write with check against the auth store as this
+// process knows it, then runs write with that auth generation in its
+// context: the log commits it only while the generation is still the
+// database's, as etcd checks permissions in its apply loop. So a
+// permission revoked, or auth switched on, through another process denies
+// the very next write here, at no cost per request: the condition rides on
+// the meta row every commit already locks. If the generation moved, the
+// write is checked again against the new auth store. A denial is checked
+// against the database's generation first (one read, on the denial path
+// only): the permission may have been granted, or auth switched off,
+// through another process. Errors come back as gRPC errors.
+func (s *Server) authorizedWrite(ctx context.Context, check func(*auth.Checker) error, write func(context.Context) error) error {
+	for try := 1; ; try++ {
+		c, gen, err := s.auth.CallerAt(ctx)
+		if err != nil {
+			return toGRPC(err)
+		}
+		if err := check(c); err != nil {
+			if try < staleChecks && s.log.Shared() {
+				if serr := s.log.SyncAuth(ctx); serr == nil && s.log.AuthGen() != gen {
+					continue
+				}
+			}
+			return toGRPC(err)
+		}
+		err = toGRPC(write(sqllog.CheckedAt(ctx, gen)))
+		if !errors.Is(err, rpctypes.ErrGRPCAuthOldRevision) || try == staleChecks {
+			return err
+		}
 	}
-	if err := s.log.SyncAuth(ctx); err != nil {
-		return nil, toGRPC(err)
-	}
-	return s.caller(ctx)
 }
 
 // stale is etcd's check after a serialized read, c's credentials still

@@ -25,17 +25,20 @@ func (a authLeaseServer) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest
 }
 
 func (a authLeaseServer) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
-	c, err := a.s.writeCaller(ctx)
+	var resp *pb.LeaseRevokeResponse
+	err := a.s.authorizedWrite(ctx, func(c *auth.Checker) error {
+		if err := c.RequireUser(); err != nil {
+			return err
+		}
+		return a.s.leaseKeysWritable(ctx, c, r.ID)
+	}, func(ctx context.Context) (err error) {
+		resp, err = a.LeaseServer.LeaseRevoke(ctx, r)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
-	if err := c.RequireUser(); err != nil {
-		return nil, toGRPC(err)
-	}
-	if err := a.s.leaseKeysWritable(ctx, c, r.ID); err != nil {
-		return nil, toGRPC(err)
-	}
-	return a.LeaseServer.LeaseRevoke(ctx, r)
+	return resp, nil
 }
 
 func (a authLeaseServer) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {

@@ -65,6 +65,9 @@ func toGRPC(err error) error {
 		return rpctypes.ErrGRPCRequestTooLarge
 	case errors.Is(err, sqllog.ErrClosed):
 		return rpctypes.ErrGRPCStopped
+	case errors.Is(err, sqllog.ErrAuthStale):
+		// etcd's answer when the auth store moved between check and apply.
+		return rpctypes.ErrGRPCAuthOldRevision
 	case errors.Is(err, auth.ErrNoPasswordUser), errors.Is(err, bcrypt.ErrPasswordTooLong), errors.Is(err, auth.ErrVerifyOnly):
 		return status.Error(codes.Unknown, err.Error())
 	}

@@ -68,19 +68,18 @@ func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 	if err := checkPut(r); err != nil {
 		return nil, err
 	}
-	c, err := k.s.writeCaller(ctx)
+	var resp *pb.PutResponse
+	err := k.s.authorizedWrite(ctx, func(c *auth.Checker) error {
+		if err := checkSize(&pb.InternalRaftRequest{Put: r}, k.s.cfg.MaxRequestBytes); err != nil {
+			return err
+		}
+		return k.s.checkPutAuth(ctx, c, r)
+	}, func(ctx context.Context) (err error) {
+		resp, err = k.s.apply.Put(ctx, r)
+		return err
+	})
 	if err != nil {
 		return nil, err
-	}
-	if err := checkSize(&pb.InternalRaftRequest{Put: r}, k.s.cfg.MaxRequestBytes); err != nil {
-		return nil, toGRPC(err)
-	}
-	if err := k.s.checkPutAuth(ctx, c, r); err != nil {
-		return nil, toGRPC(err)
-	}
-	resp, err := k.s.apply.Put(ctx, r)
-	if err != nil {
-		return nil, toGRPC(err)
 	}
 	k.s.fill(resp.Header)
 	return resp, nil
@@ -90,19 +89,18 @@ func (k *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*
 	if err := checkDelete(r); err != nil {
 		return nil, err
 	}
-	c, err := k.s.writeCaller(ctx)
+	var resp *pb.DeleteRangeResponse
+	err := k.s.authorizedWrite(ctx, func(c *auth.Checker) error {
+		if err := checkSize(&pb.InternalRaftRequest{DeleteRange: r}, k.s.cfg.MaxRequestBytes); err != nil {
+			return err
+		}
+		return checkDeleteAuth(c, r)
+	}, func(ctx context.Context) (err error) {
+		resp, err = k.s.apply.DeleteRange(ctx, r)
+		return err
+	})
 	if err != nil {
 		return nil, err
-	}
-	if err := checkSize(&pb.InternalRaftRequest{DeleteRange: r}, k.s.cfg.MaxRequestBytes); err != nil {
-		return nil, toGRPC(err)
-	}
-	if err := checkDeleteAuth(c, r); err != nil {
-		return nil, toGRPC(err)
-	}
-	resp, err := k.s.apply.DeleteRange(ctx, r)
-	if err != nil {
-		return nil, toGRPC(err)
 	}
 	k.s.fill(resp.Header)
 	return resp, nil
@@ -119,21 +117,34 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 	if _, _, err := checkIntervals(r.Failure); err != nil {
 		return nil, err
 	}
-	// A read-only txn is no proposal in etcd: no size limit; its
-	// permissions are checked as a read's, with the staleness check after.
-	readOnly := txn.IsReadOnly(r)
-	caller := k.s.writeCaller
-	if readOnly {
-		caller = k.s.caller
+	var resp *pb.TxnResponse
+	var err error
+	if txn.IsReadOnly(r) {
+		resp, err = k.readOnlyTxn(ctx, r)
+	} else {
+		err = k.s.authorizedWrite(ctx, func(c *auth.Checker) error {
+			if err := checkSize(&pb.InternalRaftRequest{Txn: r}, k.s.cfg.MaxRequestBytes); err != nil {
+				return err
+			}
+			return k.s.checkTxnAuth(ctx, c, r)
+		}, func(ctx context.Context) (err error) {
+			resp, err = k.s.apply.Txn(ctx, r)
+			return err
+		})
 	}
-	c, err := caller(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if !readOnly {
-		if err := checkSize(&pb.InternalRaftRequest{Txn: r}, k.s.cfg.MaxRequestBytes); err != nil {
-			return nil, toGRPC(err)
-		}
+	k.s.fill(resp.Header)
+	return resp, nil
+}
+
+// readOnlyTxn is no proposal in etcd: no size limit; its permissions are
+// checked as a read's, with the staleness check after.
+func (k *kvServer) readOnlyTxn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	c, err := k.s.caller(ctx)
+	if err != nil {
+		return nil, err
 	}
 	if err := k.s.checkTxnAuth(ctx, c, r); err != nil {
 		return nil, toGRPC(err)
@@ -142,12 +153,9 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	if readOnly {
-		if err := k.s.stale(ctx, c, func(c *auth.Checker) error { return k.s.checkTxnAuth(ctx, c, r) }); err != nil {
-			return nil, err
-		}
+	if err := k.s.stale(ctx, c, func(c *auth.Checker) error { return k.s.checkTxnAuth(ctx, c, r) }); err != nil {
+		return nil, err
 	}
-	k.s.fill(resp.Header)
 	return resp, nil
 }
 

@@ -73,6 +73,18 @@ type authTables struct {
 // the database.
 func (a *authTables) AuthGen() int64 { return a.gen.Load() }
 
+// SyncAuth reads the database's auth generation (one primary-key read) and
+// records it: what a denied write checks before it answers, in case the
+// denial came from an auth store another process has changed since.
+func (a *authTables) SyncAuth(ctx context.Context) error {
+	var gen int64
+	if err := a.st.be.Read.QueryRowContext(ctx, `SELECT auth_gen FROM `+metaTable+` WHERE id = 1`).Scan(&gen); err != nil {
+		return fmt.Errorf("read auth generation: %w", err)
+	}
+	a.saw(gen)
+	return nil
+}
+
 // saw records an auth generation read from the database.
 func (a *authTables) saw(gen int64) {
 	for {
@@ -81,6 +93,25 @@ func (a *authTables) saw(gen int64) {
 			return
 		}
 	}
+}
+
+type checkedAtKey struct{}
+
+// CheckedAt returns ctx for a write whose permissions were checked against
+// auth generation gen (AuthData.Gen, as AuthGen returned it). The log
+// commits such a write only while the database's auth generation is still
+// gen, in the same transaction, as etcd checks permissions in its apply
+// loop; otherwise the write fails with ErrAuthStale. With auth off the
+// generation still counts: auth switched on through another process stops
+// a write that was let through without credentials.
+func CheckedAt(ctx context.Context, gen int64) context.Context {
+	return context.WithValue(ctx, checkedAtKey{}, gen)
+}
+
+// checkedAt is the generation CheckedAt gave ctx, 0 for none.
+func checkedAt(ctx context.Context) int64 {
+	gen, _ := ctx.Value(checkedAtKey{}).(int64)
+	return gen
 }
 
 func nameHash(name string) int64 {
@@ -222,6 +253,11 @@ func (a *authTables) write(ctx context.Context, tx *sql.Tx, before, after *AuthD
 		return nil
 	}
 	if err := exec(`UPDATE `+authTable+` SET enabled = ?, rev = ? WHERE id = 1`, after.Enabled, after.Rev); err != nil {
+		return err
+	}
+	// Under the meta row's lock: a write batch checked at the old
+	// generation commits before this change or not at all.
+	if err := exec(`UPDATE `+metaTable+` SET auth_gen = ? WHERE id = 1`, after.Gen()); err != nil {
 		return err
 	}
 	for _, name := range changedNames(before.Users, after.Users, userEqual) {

@@ -67,19 +67,3 @@ func (a *authTables) ExpireTokens(ctx context.Context, now time.Time) error {
 	}
 	return nil
 }
-
-// SyncAuth reads the auth generation alone (one primary-key read, no
-// catch-up of the log): what a write needs to be checked against the auth
-// store as it is now, where a read would take a full barrier.
-func (a *authTables) SyncAuth(ctx context.Context) error {
-	if !a.st.be.Shared {
-		return nil
-	}
-	var gen int64
-	err := a.st.be.Read.QueryRowContext(ctx, `SELECT 2 * rev + CASE WHEN enabled THEN 1 ELSE 0 END FROM `+authTable+` WHERE id = 1`).Scan(&gen)
-	if err != nil {
-		return fmt.Errorf("read auth generation: %w", err)
-	}
-	a.saw(gen)
-	return nil
-}

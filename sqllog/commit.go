@@ -25,8 +25,9 @@ func (w *writer) commit(reqs []*writeReq) {
 	defer timedOut(ctx, reqs)
 	batchSize.Observe(float64(len(reqs)))
 	exp := w.s.position()
+	exp.authGen = w.auth.AuthGen()
 
-	b := &batch{rev: exp.rev, lastID: exp.lastID, values: make(map[int64][]byte)}
+	b := &batch{rev: exp.rev, lastID: exp.lastID, authGen: exp.authGen, values: make(map[int64][]byte)}
 	w.run(reqs, b)
 	switch {
 	case b.needTx || w.unsure:
@@ -41,7 +42,7 @@ func (w *writer) commit(reqs []*writeReq) {
 			fail(reqs, err)
 			return
 		}
-		if m.rev == exp.rev && m.leaseGen == exp.leaseGen && m.compactRev <= exp.compactRev {
+		if m.rev == exp.rev && m.leaseGen == exp.leaseGen && m.compactRev <= exp.compactRev && m.authGen == exp.authGen {
 			return
 		}
 	case w.fastOK(b):
@@ -119,7 +120,11 @@ func (w *writer) commitLocked(ctx context.Context, reqs []*writeReq, b *batch, e
 		abort(err)
 		return
 	}
-	if b == nil || m.rev != exp.rev || m.lastID != exp.lastID || m.compactRev > exp.compactRev || m.leaseGen != exp.leaseGen {
+	if m.authGen != exp.authGen {
+		// Auth changed: requests checked before it run again, and fail.
+		w.auth.saw(m.authGen)
+	}
+	if b == nil || m.rev != exp.rev || m.lastID != exp.lastID || m.compactRev > exp.compactRev || m.leaseGen != exp.leaseGen || m.authGen != exp.authGen {
 		if b != nil {
 			b.unstage(w.s, 0)
 			for _, r := range reqs {
@@ -134,7 +139,7 @@ func (w *writer) commitLocked(ctx context.Context, reqs []*writeReq, b *batch, e
 				return
 			}
 		}
-		b = &batch{rev: w.s.Rev(), lastID: m.lastID, values: make(map[int64][]byte), tx: tx}
+		b = &batch{rev: w.s.Rev(), lastID: m.lastID, authGen: m.authGen, values: make(map[int64][]byte), tx: tx}
 		w.run(reqs, b)
 	}
 	w.unsure = false

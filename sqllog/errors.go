@@ -13,6 +13,10 @@ var (
 	// Options.DBTimeout. A write that fails with it may still have
 	// committed, as an etcd proposal that timed out may still apply.
 	ErrDBTimeout = errors.New("sqllog: the database did not answer in time")
+	// ErrAuthStale means a write was permitted by an auth generation that
+	// is no longer the database's (see CheckedAt): nothing was written, and
+	// the caller checks the request again against the current auth store.
+	ErrAuthStale = errors.New("sqllog: the auth store changed since the request was checked")
 	// errNeedTx stops a request that runs against memory but must read the
 	// database under the meta row's lock; it runs again there.
 	errNeedTx = errors.New("sqllog: request needs the write transaction")

@@ -97,7 +97,7 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 	l.maintenance = &maintenance{s: s, st: st, compactor: l.compactor, lg: lg}
 	l.follower.compactor, l.follower.leases = l.compactor, l.lessor
 	l.compactor.maint = l.maintenance
-	l.writer = &writer{s: s, st: st, r: l.reader, f: l.follower, hub: l.hub, maxBatch: opts.MaxBatch}
+	l.writer = &writer{s: s, st: st, r: l.reader, f: l.follower, hub: l.hub, auth: l.authTables, maxBatch: opts.MaxBatch}
 
 	m, err := st.open(ctx)
 	if err == nil {
@@ -107,6 +107,7 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 		return nil, err
 	}
 	l.clusterID = uint64(m.clusterID)
+	l.authTables.saw(m.authGen)
 	l.compactor.start()
 	s.applyMu.Lock()
 	err = l.follower.catchUpSnapshot(ctx, true)

@@ -164,5 +164,40 @@ func (st *store) initSchema(ctx context.Context) error {
 			return fmt.Errorf("init meta: %w", err)
 		}
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit schema: %w", err)
+	}
+	return st.addAuthGen(ctx)
+}
+
+// addAuthGen adds the meta row's auth_gen column where the store predates
+// it: the auth generation (AuthData.Gen), kept on the row every write
+// batch locks and conditions on, so that an auth change and a write are
+// ordered as etcd's apply loop orders them. Older processes on the same
+// database neither read nor write it; the default is a fresh auth store's.
+func (st *store) addAuthGen(ctx context.Context) error {
+	has := func() bool {
+		var g int64
+		err := st.be.Write.QueryRowContext(ctx, `SELECT auth_gen FROM `+metaTable+` WHERE id = 1`).Scan(&g)
+		return err == nil
+	}
+	if has() {
+		return nil
+	}
+	s := st.be.Dialect.Schema()
+	if _, err := st.be.Write.ExecContext(ctx, `ALTER TABLE `+metaTable+` ADD COLUMN auth_gen `+s.BigInt+` NOT NULL DEFAULT 2`); err != nil {
+		// Another process starting at the same time got there first.
+		if has() {
+			return nil
+		}
+		return fmt.Errorf("add meta auth_gen: %w", err)
+	}
+	// A store whose auth row exists already (restored, or written by a
+	// process of this version before the column was added) keeps its
+	// generation.
+	_, err := st.be.Write.ExecContext(ctx, `UPDATE `+metaTable+` SET auth_gen = COALESCE((SELECT 2 * rev + CASE WHEN enabled THEN 1 ELSE 0 END FROM `+authTable+` WHERE id = 1), 2) WHERE id = 1`)
+	if err != nil {
+		return fmt.Errorf("set meta auth_gen: %w", err)
+	}
+	return nil
 }

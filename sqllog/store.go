@@ -92,8 +92,9 @@ type meta struct {
 	compactRev    int64
 	leaseGen      int64
 	clusterID     int64
-	// authGen is the auth store's generation (AuthData.Gen), read with the
-	// meta row (not under its lock) so that a barrier notices auth changes.
+	// authGen is the auth store's generation (AuthData.Gen): every auth
+	// change moves it under the meta row's lock, every write batch is
+	// conditioned on it, and a barrier notices auth changes through it.
 	authGen int64
 }
 
@@ -106,13 +107,10 @@ type queryer interface {
 // also locks it until the transaction ends.
 func (st *store) readMeta(ctx context.Context, q queryer, lock bool) (meta, error) {
 	var m meta
-	query := `SELECT schema_version, rev, last_id, compact_rev, lease_gen, cluster_id FROM shimd_meta WHERE id = 1`
-	dest := []any{&m.schemaVersion, &m.rev, &m.lastID, &m.compactRev, &m.leaseGen, &m.clusterID}
+	query := `SELECT schema_version, rev, last_id, compact_rev, lease_gen, cluster_id, auth_gen FROM shimd_meta WHERE id = 1`
+	dest := []any{&m.schemaVersion, &m.rev, &m.lastID, &m.compactRev, &m.leaseGen, &m.clusterID, &m.authGen}
 	if lock {
 		query += st.be.Dialect.ForUpdate()
-	} else {
-		query = `SELECT schema_version, rev, last_id, compact_rev, lease_gen, cluster_id, COALESCE((SELECT 2 * rev + CASE WHEN enabled THEN 1 ELSE 0 END FROM ` + authTable + ` WHERE id = 1), 2) FROM shimd_meta WHERE id = 1`
-		dest = append(dest, &m.authGen)
 	}
 	err := q.QueryRowContext(ctx, query).Scan(dest...)
 	if err != nil {

@@ -109,7 +109,7 @@ func (st *store) appendBatch(ctx context.Context, changes []Change, rev, lastID 
 	// The statement is its own transaction: its time is the commit's.
 	defer func(start time.Time) { commitSec.Observe(time.Since(start).Seconds()) }(time.Now())
 	err = st.be.Write.QueryRowContext(ctx, st.appendQuery, rev, lastID, exp.rev, exp.lastID, exp.leaseGen, exp.compactRev,
-		ids, revs, subs, keys, values, creates, versions, leases, deleted).Scan(&matched)
+		ids, revs, subs, keys, values, creates, versions, leases, deleted, exp.authGen).Scan(&matched)
 	if err != nil {
 		return false, fmt.Errorf("append to log: %w", err)
 	}

@@ -27,6 +27,9 @@ type batch struct {
 	values   map[int64][]byte // staged values by row id
 	leaseOps []leaseOp
 	leaseGen int64
+	// authGen is the auth generation the batch commits under: requests
+	// checked at another one fail with ErrAuthStale.
+	authGen int64
 	// tx is the locked write transaction, nil while the batch runs against
 	// memory first.
 	tx *sql.Tx

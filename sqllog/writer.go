@@ -9,11 +9,12 @@ import (
 // those arriving together into one batch (group commit) and commits each
 // batch (see commit.go). Every change of this process goes through it.
 type writer struct {
-	s   *state
-	st  *store
-	r   *reader
-	f   *follower
-	hub *hub
+	s    *state
+	st   *store
+	r    *reader
+	f    *follower
+	hub  *hub
+	auth *authTables
 
 	writes   chan *writeReq
 	maxBatch int
@@ -30,10 +31,13 @@ type writer struct {
 }
 
 type writeReq struct {
-	ctx  context.Context
-	fn   func(tw *TxnWrite) error
-	err  error
-	done chan struct{}
+	ctx context.Context
+	fn  func(tw *TxnWrite) error
+	// authGen is the auth generation the request was checked at
+	// (CheckedAt), 0 for none.
+	authGen int64
+	err     error
+	done    chan struct{}
 }
 
 // Write runs fn as one write request and returns once its changes are
@@ -41,7 +45,7 @@ type writeReq struct {
 // are discarded and no revision is used. Requests arriving together are
 // committed in one database transaction (group commit).
 func (w *writer) Write(ctx context.Context, fn func(tw *TxnWrite) error) error {
-	r := &writeReq{ctx: ctx, fn: fn, done: make(chan struct{})}
+	r := &writeReq{ctx: ctx, fn: fn, authGen: checkedAt(ctx), done: make(chan struct{})}
 	w.closeMu.RLock()
 	if w.closed {
 		w.closeMu.RUnlock()
@@ -120,11 +124,16 @@ func (w *writer) loop() {
 }
 
 // run runs each request's function against b, undoing the changes of those
-// that fail.
+// that fail. A request checked at an auth generation other than b's fails
+// with ErrAuthStale without running.
 func (w *writer) run(reqs []*writeReq, b *batch) {
 	for _, r := range reqs {
 		if r.ctx.Err() != nil {
 			r.err = r.ctx.Err()
+			continue
+		}
+		if r.authGen != 0 && r.authGen != b.authGen {
+			r.err = ErrAuthStale
 			continue
 		}
 		tw := &TxnWrite{w: w, b: b, beginRev: b.rev, mark: len(b.changes), opsMark: len(b.leaseOps)}

@@ -42,6 +42,8 @@ func migrateCommand(args []string) error {
 	caFile := fs.String("from-cacert", "", "CA certificate to verify the source with.")
 	certFile := fs.String("from-cert", "", "Client certificate for the source.")
 	keyFile := fs.String("from-key", "", "Client key for the source.")
+	user := fs.String("from-user", "", "User name[:password] on the source, where its auth is enabled (as etcdctl's --user); --history needs the root role.")
+	password := fs.String("from-password", "", "Password of --from-user (instead of after its colon).")
 	fs.StringVar(&cfg.DataDir, "data-dir", "default.shimd", "Data directory to copy into (SQLite).")
 	fs.StringVar(&cfg.Endpoint, "endpoint", "", "Database to copy into; it must be empty.")
 	history := fs.Bool("history", false, "Copy every retained revision, not only the latest values, through a snapshot of the source (etcd or shimd; kine has none).")
@@ -57,7 +59,10 @@ func migrateCommand(args []string) error {
 	}
 	defer conn.Close()
 
-	ctx := context.Background()
+	ctx, err := login(context.Background(), conn, *user, *password)
+	if err != nil {
+		return err
+	}
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	log, err := shimd.OpenLog(ctx, cfg)
 	if err != nil {

@@ -119,6 +119,8 @@ func snapshotSave(file string, args []string) error {
 	caFile := fs.String("cacert", "", "CA certificate to verify the server with.")
 	certFile := fs.String("cert", "", "Client certificate.")
 	keyFile := fs.String("key", "", "Client key.")
+	user := fs.String("user", "", "User name[:password], where the server's auth is enabled (a snapshot needs the root role).")
+	password := fs.String("password", "", "Password of --user (instead of after its colon).")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -130,8 +132,12 @@ func snapshotSave(file string, args []string) error {
 		return err
 	}
 	defer conn.Close()
+	ctx, err := login(context.Background(), conn, *user, *password)
+	if err != nil {
+		return err
+	}
 	start := time.Now()
-	size, err := fetchSnapshot(context.Background(), conn, file)
+	size, err := fetchSnapshot(ctx, conn, file)
 	if err != nil {
 		return err
 	}

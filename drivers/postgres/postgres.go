@@ -154,7 +154,7 @@ func (dialect) Notify() string { return `SELECT pg_notify('` + channel + `', $1)
 func (dialect) AppendBatchQuery(tables drivers.Tables) string {
 	return `WITH m AS (
 	UPDATE ` + tables.Meta + ` SET rev = $1, last_id = $2
-	WHERE id = 1 AND rev = $3 AND last_id = $4 AND lease_gen = $5 AND compact_rev <= $6
+	WHERE id = 1 AND rev = $3 AND last_id = $4 AND lease_gen = $5 AND compact_rev <= $6 AND auth_gen = $16
 	RETURNING id
 ), ins AS (
 	INSERT INTO ` + tables.Log + ` (id, rev, sub, kv_key, value, create_rev, version, lease, deleted)
