@@ -42,8 +42,9 @@ type follower struct {
 	auth      *authTables
 	lg        *slog.Logger
 
-	quit chan struct{}
-	wg   sync.WaitGroup
+	barriers barriers
+	quit     chan struct{}
+	wg       sync.WaitGroup
 }
 
 // follow keeps the index and the watchers up with commits by other processes
@@ -114,12 +115,13 @@ func (f *follower) stop() {
 
 // Barrier makes this process current with the database: on a shared
 // database it applies, and hands to watchers, everything other processes
-// committed before the call. Elsewhere it does nothing.
+// committed before the call. Elsewhere it does nothing. Concurrent calls
+// share their reads of the database (barrier.go).
 func (f *follower) Barrier(ctx context.Context) error {
 	if !f.st.be.Shared {
 		return nil
 	}
-	return f.sync(ctx)
+	return f.barriers.wait(ctx, f.sync)
 }
 
 // sync catches the index up with the database's committed revision. The
