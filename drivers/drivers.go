@@ -31,6 +31,10 @@ type Backend struct {
 	// notification's payload: the revision committed, or "" when any may
 	// have been (after reconnecting). Without it the log polls.
 	Listen func(ctx context.Context, wake func(payload string))
+	// Announce, when set, is called after each commit of this process's
+	// writer with the revision committed, to wake the other processes where
+	// the database does not (see package peerwake). It must not block.
+	Announce func(rev int64)
 	// Close releases connections and any lock the driver holds.
 	Close func() error
 }

@@ -188,4 +188,7 @@ func (w *writer) apply(b *batch) {
 	// created in between starts at the revision its created response names,
 	// and so still gets the event.)
 	w.hub.notifyChanges(b.changes)
+	if w.st.be.Announce != nil && len(b.changes) > 0 {
+		w.st.be.Announce(b.rev)
+	}
 }
