@@ -57,6 +57,15 @@ type Config struct {
 	// processes' writes (--db-poll-interval; default
 	// sqllog.DefaultPollInterval).
 	DBPollInterval time.Duration
+	// PeerWakeAddr is the UDP host:port on which the process hears other
+	// processes' commits on a MySQL database at once instead of at its next
+	// poll (--peer-wake-addr; default 127.0.0.1:0, loopback and any free
+	// port; "off" disables). PostgreSQL has LISTEN/NOTIFY instead and
+	// SQLite one process: neither uses it.
+	PeerWakeAddr string
+	// AdvertisePeerWakeAddr is the address other processes send wake-ups
+	// to (--advertise-peer-wake-addr; default the one listened on).
+	AdvertisePeerWakeAddr string
 	// ValueCacheSize is the bytes of values kept in memory
 	// (--value-cache-size). Unlike the flag, 0 is the default
 	// (sqllog.DefaultValueCacheBytes) and a negative size disables it.
@@ -125,6 +134,9 @@ const (
 	defaultClientURL        = "http://127.0.0.1:2379"
 	defaultDBMaxConns       = 16
 	defaultDBConnectTimeout = 5 * time.Second
+	defaultPeerWakeAddr     = "127.0.0.1:0"
+	// peerWakeOff is the PeerWakeAddr that turns wake-ups off.
+	peerWakeOff = "off"
 )
 
 // withDefaults returns cfg with its zero fields set to the defaults that
@@ -144,6 +156,9 @@ func (cfg Config) withDefaults() Config {
 	}
 	if cfg.DBConnectTimeout == 0 {
 		cfg.DBConnectTimeout = defaultDBConnectTimeout
+	}
+	if cfg.PeerWakeAddr == "" {
+		cfg.PeerWakeAddr = defaultPeerWakeAddr
 	}
 	if cfg.AutoCompactionMode == "" {
 		cfg.AutoCompactionMode = compact.ModePeriodic
