@@ -136,6 +136,14 @@ type BatchAppender interface {
 	AppendBatchQuery(tables Tables) string
 }
 
+// ConflictDetector is implemented by dialects whose database may reject a
+// transaction for a conflict with a concurrent one, after which it is known
+// not to have committed and may simply run again (MySQL's deadlock error,
+// which is also how Galera reports a failed certification).
+type ConflictDetector interface {
+	Conflict(err error) bool
+}
+
 // OpenServer opens the read and write pools of a server database (one that
 // several processes may share) on connector and checks that it answers.
 // The Backend's Name, Dialect and Listen are the caller's to fill.
