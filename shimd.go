@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"net/url"
 	"strings"
 	"time"
@@ -208,6 +209,16 @@ func (cfg Config) Validate() error {
 	}
 	if _, err := parseURLs(cfg.AdvertiseClientURLs); err != nil {
 		return fmt.Errorf("--advertise-client-urls: %v", err)
+	}
+	if cfg.PeerWakeAddr != peerWakeOff {
+		if _, _, err := net.SplitHostPort(cfg.PeerWakeAddr); err != nil {
+			return fmt.Errorf("--peer-wake-addr %q: want host:port or %q: %v", cfg.PeerWakeAddr, peerWakeOff, err)
+		}
+	}
+	if cfg.AdvertisePeerWakeAddr != "" {
+		if _, _, err := net.SplitHostPort(cfg.AdvertisePeerWakeAddr); err != nil {
+			return fmt.Errorf("--advertise-peer-wake-addr %q: want host:port: %v", cfg.AdvertisePeerWakeAddr, err)
+		}
 	}
 	return checkEndpoint(cfg.Endpoint)
 }
