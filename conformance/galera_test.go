@@ -26,7 +26,8 @@ import (
 //   - a linearizable read on another node right after a write's
 //     acknowledgement sees it (the DSN sets wsrep_sync_wait=1);
 //   - the watchers on the surviving nodes see every revision, in order,
-//     without gaps, and the one on the killed node a gapless prefix.
+//     without gaps, and the one on the killed node a gapless prefix;
+//   - the killed node's shimd reports /health false.
 func TestGalera(t *testing.T) {
 	requireRealSUT(t)
 	c := startGalera(t, 3)
@@ -134,6 +135,12 @@ func TestGalera(t *testing.T) {
 	close(killed)
 	killAt := time.Now()
 	c.nodes[2].kill()
+	// The killed node's shimd says so, so that a load balancer moves its
+	// clients.
+	waitFor(t, 30*time.Second, "/health false on the shimd of the killed node", func() (bool, string) {
+		a := httpGet(procs[2].Endpoint + "/health")
+		return !isHealthy(a), a.String()
+	})
 	waitAcked(beforeKill + 1500)
 	close(stop)
 	wg.Wait()
