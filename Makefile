@@ -25,12 +25,14 @@ unit:
 conformance:
 	cd conformance && $(GO) test -count=1 -timeout 50m ./...
 
-# In-process benchmarks of the hot paths, then the load generator against a
+# In-process benchmarks of the hot paths, the watch latency between two
+# shimd processes on PostgreSQL and MariaDB, then the load generator against a
 # real etcd 3.7, shimd on SQLite, PostgreSQL and MariaDB, and kine on
 # PostgreSQL, each a separate process (conformance/bench; flags:
 # make bench BENCH_FLAGS='--runs 3 --history 10').
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./server ./sqllog
+	cd conformance && $(GO) test -run '^$$' -bench CrossProcessLatency -benchtime 200x .
 	cd conformance && $(GO) run ./bench $(BENCH_FLAGS)
 
 # etcdctl of the etcd release the conformance suite compares against.

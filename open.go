@@ -18,6 +18,12 @@ import (
 // and migrate). Only the Config fields about the database and Logger are
 // used. The caller closes the log, which closes the database.
 func OpenLog(ctx context.Context, cfg Config) (*sqllog.Log, error) {
+	return openLog(ctx, cfg, nil)
+}
+
+// openLog is OpenLog, with prepare (if not nil) given the backend before
+// the log opens on it, to set its hooks.
+func openLog(ctx context.Context, cfg Config, prepare func(*drivers.Backend) error) (*sqllog.Log, error) {
 	cfg = cfg.withDefaults()
 	if err := checkEndpoint(cfg.Endpoint); err != nil {
 		return nil, err
@@ -25,6 +31,12 @@ func OpenLog(ctx context.Context, cfg Config) (*sqllog.Log, error) {
 	be, err := openBackend(ctx, &cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
+	}
+	if prepare != nil {
+		if err := prepare(be); err != nil {
+			be.Close()
+			return nil, err
+		}
 	}
 	log, err := sqllog.Open(ctx, be, sqllog.Options{
 		Logger:          cfg.Logger,

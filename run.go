@@ -18,6 +18,8 @@ import (
 
 	"github.com/shimd/shimd/auth"
 	"github.com/shimd/shimd/compact"
+	"github.com/shimd/shimd/drivers"
+	"github.com/shimd/shimd/peerwake"
 	"github.com/shimd/shimd/server"
 	"github.com/shimd/shimd/sqllog"
 )
@@ -59,8 +61,15 @@ func Run(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	log, err := OpenLog(ctx, cfg)
+	var wake *peerwake.Waker
+	log, err := openLog(ctx, cfg, func(be *drivers.Backend) (err error) {
+		wake, err = openPeerWake(&cfg, be)
+		return err
+	})
 	if err != nil {
+		if wake != nil {
+			wake.Close()
+		}
 		return nil, err
 	}
 	as, err := auth.Open(ctx, log, auth.Config{
@@ -92,6 +101,7 @@ func Run(ctx context.Context, cfg Config) (*Server, error) {
 	s.srv = server.New(log, server.Config{
 		Name:                   cfg.Name,
 		ClientURLs:             advertised,
+		WakeAddr:               wakeAddr(wake),
 		QuotaBackendBytes:      cfg.QuotaBackendBytes,
 		MaxTxnOps:              cfg.MaxTxnOps,
 		MaxRequestBytes:        cfg.MaxRequestBytes,
@@ -104,6 +114,9 @@ func Run(ctx context.Context, cfg Config) (*Server, error) {
 		Auth:                   as,
 		Logger:                 lg,
 	})
+	if wake != nil {
+		go runPeerWake(ctx, wake, s.srv)
+	}
 	retention, revisions, _ := compact.ParseRetention(cfg.AutoCompactionMode, cfg.AutoCompactionRetention)
 	go compact.Run(ctx, log, compact.Config{
 		Mode: cfg.AutoCompactionMode, Retention: retention, Revisions: revisions,

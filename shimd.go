@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"net/url"
 	"strings"
 	"time"
@@ -57,6 +58,15 @@ type Config struct {
 	// processes' writes (--db-poll-interval; default
 	// sqllog.DefaultPollInterval).
 	DBPollInterval time.Duration
+	// PeerWakeAddr is the UDP host:port on which the process hears other
+	// processes' commits on a MySQL database at once instead of at its next
+	// poll (--peer-wake-addr; default 127.0.0.1:0, loopback and any free
+	// port; "off" disables). PostgreSQL has LISTEN/NOTIFY instead and
+	// SQLite one process: neither uses it.
+	PeerWakeAddr string
+	// AdvertisePeerWakeAddr is the address other processes send wake-ups
+	// to (--advertise-peer-wake-addr; default the one listened on).
+	AdvertisePeerWakeAddr string
 	// ValueCacheSize is the bytes of values kept in memory
 	// (--value-cache-size). Unlike the flag, 0 is the default
 	// (sqllog.DefaultValueCacheBytes) and a negative size disables it.
@@ -125,6 +135,9 @@ const (
 	defaultClientURL        = "http://127.0.0.1:2379"
 	defaultDBMaxConns       = 16
 	defaultDBConnectTimeout = 5 * time.Second
+	defaultPeerWakeAddr     = "127.0.0.1:0"
+	// peerWakeOff is the PeerWakeAddr that turns wake-ups off.
+	peerWakeOff = "off"
 )
 
 // withDefaults returns cfg with its zero fields set to the defaults that
@@ -144,6 +157,9 @@ func (cfg Config) withDefaults() Config {
 	}
 	if cfg.DBConnectTimeout == 0 {
 		cfg.DBConnectTimeout = defaultDBConnectTimeout
+	}
+	if cfg.PeerWakeAddr == "" {
+		cfg.PeerWakeAddr = defaultPeerWakeAddr
 	}
 	if cfg.AutoCompactionMode == "" {
 		cfg.AutoCompactionMode = compact.ModePeriodic
@@ -193,6 +209,16 @@ func (cfg Config) Validate() error {
 	}
 	if _, err := parseURLs(cfg.AdvertiseClientURLs); err != nil {
 		return fmt.Errorf("--advertise-client-urls: %v", err)
+	}
+	if cfg.PeerWakeAddr != peerWakeOff {
+		if _, _, err := net.SplitHostPort(cfg.PeerWakeAddr); err != nil {
+			return fmt.Errorf("--peer-wake-addr %q: want host:port or %q: %v", cfg.PeerWakeAddr, peerWakeOff, err)
+		}
+	}
+	if cfg.AdvertisePeerWakeAddr != "" {
+		if _, _, err := net.SplitHostPort(cfg.AdvertisePeerWakeAddr); err != nil {
+			return fmt.Errorf("--advertise-peer-wake-addr %q: want host:port: %v", cfg.AdvertisePeerWakeAddr, err)
+		}
 	}
 	return checkEndpoint(cfg.Endpoint)
 }

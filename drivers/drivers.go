@@ -31,6 +31,10 @@ type Backend struct {
 	// notification's payload: the revision committed, or "" when any may
 	// have been (after reconnecting). Without it the log polls.
 	Listen func(ctx context.Context, wake func(payload string))
+	// Announce, when set, is called after each commit of this process's
+	// writer with the revision committed, to wake the other processes where
+	// the database does not (see package peerwake). It must not block.
+	Announce func(rev int64)
 	// Close releases connections and any lock the driver holds.
 	Close func() error
 }
@@ -130,6 +134,14 @@ type BatchAppender interface {
 	// the expected auth_gen. It returns one row with one column: 1 if the meta row matched and the rows
 	// were appended, 0 if it did not match and nothing changed.
 	AppendBatchQuery(tables Tables) string
+}
+
+// ConflictDetector is implemented by dialects whose database may reject a
+// transaction for a conflict with a concurrent one, after which it is known
+// not to have committed and may simply run again (MySQL's deadlock error,
+// which is also how Galera reports a failed certification).
+type ConflictDetector interface {
+	Conflict(err error) bool
 }
 
 // OpenServer opens the read and write pools of a server database (one that

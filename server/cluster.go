@@ -13,10 +13,10 @@ import (
 )
 
 const (
-	// heartbeatInterval is how often a member records that it is alive.
-	heartbeatInterval = 2 * time.Second
+	// HeartbeatInterval is how often a member records that it is alive.
+	HeartbeatInterval = 2 * time.Second
 	// memberTimeout is how long a member stays listed after its last heartbeat.
-	memberTimeout = 5 * heartbeatInterval
+	memberTimeout = 5 * HeartbeatInterval
 )
 
 // clusterServer is etcd's Cluster service. Members are the shimd processes
@@ -27,11 +27,11 @@ type clusterServer struct {
 }
 
 func (s *Server) self() sqllog.Member {
-	return sqllog.Member{ID: s.memberID, Name: s.cfg.Name, ClientURLs: s.cfg.ClientURLs}
+	return sqllog.Member{ID: s.memberID, Name: s.cfg.Name, ClientURLs: s.cfg.ClientURLs, WakeAddr: s.cfg.WakeAddr}
 }
 
 func (s *Server) heartbeat(ctx context.Context) {
-	t := time.NewTicker(heartbeatInterval)
+	t := time.NewTicker(HeartbeatInterval)
 	defer t.Stop()
 	for {
 		if err := s.log.Heartbeat(ctx, s.self(), time.Now()); err != nil && ctx.Err() == nil {
@@ -64,6 +64,22 @@ func (s *Server) members(ctx context.Context) ([]*pb.Member, error) {
 	out := make([]*pb.Member, len(list))
 	for i, m := range list {
 		out[i] = &pb.Member{ID: m.ID, Name: m.Name, ClientURLs: m.ClientURLs}
+	}
+	return out, nil
+}
+
+// WakeAddrs lists the wake addresses of the live members, this one's
+// included, for package peerwake.
+func (s *Server) WakeAddrs(ctx context.Context) ([]string, error) {
+	list, err := s.log.Members(ctx, time.Now().Add(-memberTimeout))
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, m := range list {
+		if m.WakeAddr != "" {
+			out = append(out, m.WakeAddr)
+		}
 	}
 	return out, nil
 }

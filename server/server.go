@@ -40,6 +40,9 @@ type Config struct {
 	// it and the client URLs.
 	Name       string
 	ClientURLs []string
+	// WakeAddr is the address the member listens on for wake-ups after
+	// other members' commits, recorded with its heartbeat ("" for none).
+	WakeAddr string
 	// QuotaBackendBytes is the space quota (0: etcd's default, 2 GiB).
 	QuotaBackendBytes int64
 	MaxTxnOps         int

@@ -4,10 +4,50 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
+
+	"github.com/shimd/shimd/drivers"
 )
 
-// commit runs reqs as one batch and sets each one's err.
+// commit runs reqs as one batch and sets each one's err. A batch the
+// database rejected for a conflict with a concurrent transaction (Galera's
+// certification failure, a deadlock), which therefore did not commit, runs
+// again: clients never see those errors, only the outcome of a retry.
+func (w *writer) commit(reqs []*writeReq) {
+	c, _ := w.st.be.Dialect.(drivers.ConflictDetector)
+	// Retries stop where one commit's deadline would have.
+	deadline := time.Now().Add(w.st.timeout)
+	for attempt := 0; ; attempt++ {
+		w.commitOnce(reqs)
+		if c == nil || !conflicted(c, reqs) || time.Now().After(deadline) {
+			return
+		}
+		conflictRetries.Inc()
+		for _, r := range reqs {
+			r.err = nil
+		}
+		// Writers on other nodes that keep committing would win again and
+		// again against one that retried at once: a random, growing pause
+		// (exponential backoff with jitter) spreads the attempts out.
+		time.Sleep(time.Duration(rand.Int64N(int64(min(time.Millisecond<<min(attempt, 5), maxConflictBackoff)))))
+	}
+}
+
+// maxConflictBackoff bounds the pause before a retry.
+const maxConflictBackoff = 32 * time.Millisecond
+
+// conflicted tells whether the batch failed for a conflict c recognises.
+func conflicted(c drivers.ConflictDetector, reqs []*writeReq) bool {
+	for _, r := range reqs {
+		if r.err != nil && c.Conflict(r.err) {
+			return true
+		}
+	}
+	return false
+}
+
+// commitOnce is one attempt at the batch.
 //
 // The requests run first against the in-memory state (the index at its
 // revision), then the batch is written on the condition that the database's
@@ -15,7 +55,7 @@ import (
 // meanwhile (shared database), or a commit reported as failed did land, the
 // condition fails: the batch is undone, memory catches up from the log
 // under the meta row's lock, and the requests run again there.
-func (w *writer) commit(reqs []*writeReq) {
+func (w *writer) commitOnce(reqs []*writeReq) {
 	w.s.applyMu.Lock()
 	defer w.s.applyMu.Unlock()
 	// A commit that outlives the timeout fails its requests; its outcome is
@@ -193,4 +233,7 @@ func (w *writer) apply(b *batch) {
 	// created in between starts at the revision its created response names,
 	// and so still gets the event.)
 	w.hub.notifyChanges(b.changes)
+	if w.st.be.Announce != nil && len(b.changes) > 0 {
+		w.st.be.Announce(b.rev)
+	}
 }

@@ -51,6 +51,9 @@ var (
 	polls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "shimd", Subsystem: "log", Name: "polls_total",
 		Help: "Polls of a shared database for other processes' commits, by whether they found any."}, []string{"result"})
+	conflictRetries = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "shimd", Subsystem: "log", Name: "write_conflict_retries_total",
+		Help: "Write batches run again after the database rejected them for a conflict (Galera certification, deadlock)."})
 	reloads = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "shimd", Subsystem: "log", Name: "index_rebuilds_total",
 		Help: "Times this process fell behind a compaction of the shared log and rebuilt its index from the database."})
@@ -58,7 +61,7 @@ var (
 
 func init() {
 	prometheus.MustRegister(rangeCounter, putCounter, deleteCounter, txnCounter, currentRevGauge, compactRevGauge,
-		watcherGauge, slowWatcherGauge, watchStreamGauge, eventsCounter, commitSec, statementSec, batchSize, followerLag, polls, reloads)
+		watcherGauge, slowWatcherGauge, watchStreamGauge, eventsCounter, commitSec, statementSec, batchSize, followerLag, polls, reloads, conflictRetries)
 }
 
 // observe records how long statement took since start.

@@ -26,6 +26,8 @@ const (
 	authUserTable  = "shimd_auth_user"
 	authRoleTable  = "shimd_auth_role"
 	authTokenTable = "shimd_auth_token"
+	// Each member's address for wake-ups after commits (package peerwake).
+	memberWakeTable = "shimd_member_wake"
 )
 
 // tableNames is how the drivers learn the tables' names.
@@ -133,6 +135,12 @@ func schemaStatements(s drivers.Schema) []string {
 		"user_name " + s.Key + " NOT NULL",
 		"expires_at " + s.BigInt + " NOT NULL",
 	}, index{authTokenTable + "_hash", "token_hash"})
+	// Added after schema version 1 as the auth tables were: beside
+	// shimd_member rather than a column of it, so that no table changes.
+	table(memberWakeTable, []string{
+		"member_id " + s.BigInt + " PRIMARY KEY",
+		"addr " + s.Text + " NOT NULL",
+	})
 	return stmts
 }
 

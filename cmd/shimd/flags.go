@@ -70,6 +70,8 @@ func newFlagSet(cfg *config, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.DBConnectTimeout, "db-connect-timeout", 5*time.Second, "Time allowed to open one database connection.")
 	fs.DurationVar(&cfg.DBTimeout, "db-timeout", sqllog.DefaultDBTimeout, "Time allowed for a commit, and for each database call of the background work; a hung database connection is abandoned after it.")
 	fs.DurationVar(&cfg.DBPollInterval, "db-poll-interval", sqllog.DefaultPollInterval, "How often a shared database (PostgreSQL, MySQL) is polled for other shimd processes' writes.")
+	fs.StringVar(&cfg.PeerWakeAddr, "peer-wake-addr", "127.0.0.1:0", "UDP host:port on which to hear other shimd processes' commits on a MySQL database at once rather than at the next poll (port 0: any free one; \"off\" disables).")
+	fs.StringVar(&cfg.AdvertisePeerWakeAddr, "advertise-peer-wake-addr", "", "UDP host:port other shimd processes send wake-ups to (default: --peer-wake-addr, actual port).")
 	fs.Int64Var(&cfg.valueCacheSize, "value-cache-size", sqllog.DefaultValueCacheBytes, "Bytes of memory kept for recently written and read values, so that reads of them skip the database (0 disables).")
 	fs.BoolVar(&cfg.PostgresVacuumFull, "postgres-vacuum-full", false, "Make defragment run VACUUM FULL on PostgreSQL: returns all free space to the filesystem, but locks shimd's tables while it runs.")
 	fs.Int64Var(&cfg.QuotaBackendBytes, "quota-backend-bytes", 0, "Raise alarms when backend size exceeds the given quota (0 defaults to etcd's 2 GiB).")

@@ -6,6 +6,7 @@ package mysql
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -95,6 +96,22 @@ func (dialect) Schema() drivers.Schema {
 func (dialect) Rebind(q string) string { return q }
 
 func (dialect) ForUpdate() string { return " FOR UPDATE" }
+
+// The errors of a write transaction that lost against a concurrent one and
+// rolled back. ER_LOCK_DEADLOCK: InnoDB chose it as a deadlock victim, or
+// Galera failed its certification against a transaction committed on
+// another node. ER_DUP_ENTRY: on Galera, a writeset from another node being
+// applied can insert the log rows this transaction then tries to insert
+// after it read the meta row (it fails before COMMIT, so it never commits).
+const (
+	erLockDeadlock = 1213
+	erDupEntry     = 1062
+)
+
+func (dialect) Conflict(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && (me.Number == erLockDeadlock || me.Number == erDupEntry)
+}
 
 func (dialect) Notify() string { return "" }
 
