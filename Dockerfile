@@ -3,11 +3,12 @@ FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
-COPY shimd.go open.go run.go serve.go ./
+COPY shimd.go open.go run.go serve.go wake.go ./
 COPY auth ./auth
 COPY cmd ./cmd
 COPY compact ./compact
 COPY drivers ./drivers
+COPY peerwake ./peerwake
 COPY server ./server
 COPY sqllog ./sqllog
 RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/shimd ./cmd/shimd \
