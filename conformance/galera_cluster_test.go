@@ -16,6 +16,8 @@ import (
 	"time"
 
 	_ "github.com/go-sql-driver/mysql"
+
+	"github.com/shimd/shimd/conformance/harness"
 )
 
 // A MariaDB Galera cluster built from the machine's binaries (Debian's
@@ -67,6 +69,9 @@ func startGalera(t *testing.T, n int) *galeraCluster {
 	t.Helper()
 	mariadbd, installDB, missing := galeraBins()
 	if len(missing) > 0 {
+		if harness.RequireBackends() {
+			t.Fatalf("a MariaDB Galera cluster needs %s (%s=1: missing databases are failures)", strings.Join(missing, ", "), harness.EnvRequireBackends)
+		}
 		t.Skipf("SKIPPED: a MariaDB Galera cluster needs %s", strings.Join(missing, ", "))
 	}
 	dir, err := os.MkdirTemp("", "shimd-galera-")
