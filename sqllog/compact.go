@@ -65,8 +65,14 @@ func (c *compactor) compactIndex(rev, prev int64) <-chan struct{} {
 	return c.enqueue(job)
 }
 
-// deleteChunk bounds the rows deleted in one transaction.
-const deleteChunk = 1000
+// deleteChunk bounds the rows deleted in one transaction, and compactPause
+// is the pause between two such transactions: etcd's compaction batch
+// limit and sleep interval (1000 keys, 10 ms), which keep a large
+// compaction from stalling writes (BenchmarkCompactionStall).
+const (
+	deleteChunk  = 1000
+	compactPause = 10 * time.Millisecond
+)
 
 type compactJob struct {
 	ids []int64
@@ -155,6 +161,13 @@ func (c *compactor) run() {
 				continue
 			}
 			job.ids = job.ids[n:]
+			if len(job.ids) > 0 {
+				select {
+				case <-c.quit:
+					return
+				case <-time.After(compactPause):
+				}
+			}
 		}
 		close(job.done)
 		c.mu.Lock()

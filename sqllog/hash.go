@@ -5,6 +5,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"math"
+	"strconv"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/protobuf/proto"
@@ -48,7 +51,7 @@ func (mt *maintenance) HashKV(ctx context.Context, rev int64) (KVHash, int64, er
 	if rev == 0 {
 		rev = curRev
 	}
-	h, err := mt.hashKV(ctx, rev, compactRev)
+	h, err := mt.hashKV(ctx, rev, compactRev, 0)
 	return h, curRev, err
 }
 
@@ -60,7 +63,7 @@ const maxCompactHashes = 10
 // revision before it). The compactor calls it before deleting rows.
 func (mt *maintenance) rememberCompactHash(ctx context.Context, rev, prev int64) {
 	mt.s.mu.RLock()
-	h, err := mt.hashKV(ctx, rev, prev)
+	h, err := mt.hashKV(ctx, rev, prev, compactPause)
 	if err != nil {
 		mt.lg.Warn("hashing the compacted history failed", "revision", rev, "err", err)
 		return
@@ -73,9 +76,16 @@ func (mt *maintenance) rememberCompactHash(ctx context.Context, rev, prev int64)
 	mt.hashMu.Unlock()
 }
 
+// hashPage is how many rows a paced hash reads at a time.
+const hashPage = 1000
+
 // hashKV hashes as etcd does with compactRev as the compact revision; the
-// caller holds the state's mu for reading, which hashKV releases.
-func (mt *maintenance) hashKV(ctx context.Context, rev, compactRev int64) (KVHash, error) {
+// caller holds the state's mu for reading, which hashKV releases. With pace
+// (the compactor's), it reads hashPage rows at a time and pauses pace
+// between pages, as etcd hashes a compaction's keys batch by batch while it
+// deletes them: a background hash of a long history must not starve
+// writers of the database and the CPU.
+func (mt *maintenance) hashKV(ctx context.Context, rev, compactRev int64, pace time.Duration) (KVHash, error) {
 	// keep: each key's latest revision at rev, unless that is a delete.
 	keep := make(map[int64]struct{})
 	mt.s.idx.tree.Ascend(func(ki *keyIndex) bool {
@@ -88,45 +98,74 @@ func (mt *maintenance) hashKV(ctx context.Context, rev, compactRev int64) (KVHas
 
 	h := crc32.New(crc32.MakeTable(crc32.Castagnoli))
 	h.Write([]byte("key"))
-	rows, err := mt.st.be.Read.QueryContext(ctx, mt.st.q(`SELECT id, rev, sub, kv_key, value, create_rev, version, lease, deleted FROM shimd_log WHERE rev <= ? ORDER BY id`), rev)
-	if err != nil {
-		return KVHash{}, fmt.Errorf("hash: %w", err)
-	}
-	defer rows.Close()
-	var revBytes [17]byte
-	for rows.Next() {
-		var id, sub int64
-		var kv mvccpb.KeyValue
-		var deleted bool
-		if err := rows.Scan(&id, &kv.ModRevision, &sub, &kv.Key, &kv.Value, &kv.CreateRevision, &kv.Version, &kv.Lease, &deleted); err != nil {
+	var q queryer = mt.st.be.Read
+	query := `SELECT id, rev, sub, kv_key, value, create_rev, version, lease, deleted FROM shimd_log WHERE rev <= ? AND id > ? ORDER BY id`
+	if pace > 0 {
+		// Pages of one snapshot, so that rows another process deletes
+		// meanwhile (applying the same compaction) are still seen.
+		tx, err := mt.st.be.Dialect.BeginSnapshot(ctx, mt.st.be.Read)
+		if err != nil {
 			return KVHash{}, fmt.Errorf("hash: %w", err)
 		}
-		if kv.ModRevision <= compactRev {
-			if _, ok := keep[id]; !ok && len(keep) > 0 {
-				continue
-			}
-			if deleted && kv.ModRevision == compactRev {
-				continue
-			}
-		}
-		binary.BigEndian.PutUint64(revBytes[0:8], uint64(kv.ModRevision))
-		revBytes[8] = '_'
-		binary.BigEndian.PutUint64(revBytes[9:17], uint64(sub))
-		k := revBytes[:]
-		stored := &kv
-		if deleted {
-			k = append(k, 't')
-			stored = &mvccpb.KeyValue{Key: kv.Key}
-		}
-		v, err := proto.Marshal(stored)
-		if err != nil {
-			return KVHash{}, err
-		}
-		h.Write(k)
-		h.Write(v)
+		defer tx.Rollback()
+		q = tx
+		query += ` LIMIT ` + strconv.Itoa(hashPage)
 	}
-	if err := rows.Err(); err != nil {
-		return KVHash{}, fmt.Errorf("hash: %w", err)
+	var revBytes [17]byte
+	after := int64(math.MinInt64)
+	for {
+		rows, err := q.QueryContext(ctx, mt.st.q(query), rev, after)
+		if err != nil {
+			return KVHash{}, fmt.Errorf("hash: %w", err)
+		}
+		n := 0
+		for rows.Next() {
+			var id, sub int64
+			var kv mvccpb.KeyValue
+			var deleted bool
+			if err := rows.Scan(&id, &kv.ModRevision, &sub, &kv.Key, &kv.Value, &kv.CreateRevision, &kv.Version, &kv.Lease, &deleted); err != nil {
+				rows.Close()
+				return KVHash{}, fmt.Errorf("hash: %w", err)
+			}
+			after = id
+			n++
+			if kv.ModRevision <= compactRev {
+				if _, ok := keep[id]; !ok && len(keep) > 0 {
+					continue
+				}
+				if deleted && kv.ModRevision == compactRev {
+					continue
+				}
+			}
+			binary.BigEndian.PutUint64(revBytes[0:8], uint64(kv.ModRevision))
+			revBytes[8] = '_'
+			binary.BigEndian.PutUint64(revBytes[9:17], uint64(sub))
+			k := revBytes[:]
+			stored := &kv
+			if deleted {
+				k = append(k, 't')
+				stored = &mvccpb.KeyValue{Key: kv.Key}
+			}
+			v, err := proto.Marshal(stored)
+			if err != nil {
+				rows.Close()
+				return KVHash{}, err
+			}
+			h.Write(k)
+			h.Write(v)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return KVHash{}, fmt.Errorf("hash: %w", err)
+		}
+		if pace == 0 || n < hashPage {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return KVHash{}, ctx.Err()
+		case <-time.After(pace):
+		}
 	}
 	// etcd's compact revision is -1 until the first compaction.
 	reported := compactRev
