@@ -22,7 +22,12 @@ func (w *writer) commit(reqs []*writeReq) {
 	// then unknown, and the next batch reads the database to settle it.
 	ctx, cancel := w.st.bound(context.Background())
 	defer cancel()
-	defer timedOut(ctx, reqs)
+	defer func() {
+		if ctx.Err() != nil {
+			w.st.dropIdle()
+		}
+		timedOut(ctx, reqs)
+	}()
 	batchSize.Observe(float64(len(reqs)))
 	exp := w.s.position()
 

@@ -134,6 +134,9 @@ func (f *follower) sync(ctx context.Context) (err error) {
 		if err != nil && mctx.Err() != nil && ctx.Err() == nil && !errors.Is(err, ErrDBTimeout) {
 			err = fmt.Errorf("%w: %v", ErrDBTimeout, err)
 		}
+		if errors.Is(err, ErrDBTimeout) {
+			f.st.dropIdle()
+		}
 	}()
 	m, err := f.st.readMeta(mctx, f.st.be.Read, false)
 	observe("read_meta", start)
