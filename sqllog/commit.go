@@ -133,7 +133,7 @@ func (w *writer) commitLocked(ctx context.Context, reqs []*writeReq, b *batch, e
 		}
 		// Another process wrote (shared database), or a commit whose outcome
 		// was reported as failed did land: either way the log is the truth.
-		if m.rev != w.s.Rev() || m.compactRev > w.s.CompactRev() || m.leaseGen != w.s.leaseGen {
+		if pos := w.s.position(); m.rev != pos.rev || m.lastID != pos.lastID || m.compactRev > pos.compactRev || m.leaseGen != pos.leaseGen || w.f.Resyncing() {
 			if err := w.f.catchUp(ctx, tx, m); err != nil {
 				fail(reqs, err)
 				return

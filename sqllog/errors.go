@@ -13,6 +13,11 @@ var (
 	// Options.DBTimeout. A write that fails with it may still have
 	// committed, as an etcd proposal that timed out may still apply.
 	ErrDBTimeout = errors.New("sqllog: the database did not answer in time")
+	// ErrDBBehind means the database lacks commits this process applied
+	// (failover to a standby that had not received them, a restore): the
+	// process refuses writes until it has resynchronised from the database
+	// (see resync.go). Nothing of the request was written.
+	ErrDBBehind = errors.New("sqllog: the database is behind this process's memory; resynchronising from it")
 	// errNeedTx stops a request that runs against memory but must read the
 	// database under the meta row's lock; it runs again there.
 	errNeedTx = errors.New("sqllog: request needs the write transaction")

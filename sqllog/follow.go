@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -42,6 +43,12 @@ type follower struct {
 	auth      *authTables
 	lg        *slog.Logger
 
+	// behind is set from finding the database behind memory until resync
+	// has rebuilt the index from it.
+	behind atomic.Bool
+	// wake, when following, prompts the loop to run at once.
+	wake chan struct{}
+
 	quit chan struct{}
 	wg   sync.WaitGroup
 }
@@ -58,6 +65,7 @@ func (f *follower) start(interval time.Duration) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	wake := make(chan struct{}, 1)
+	f.wake = wake
 	poke := func(payload string) {
 		if rev, err := strconv.ParseInt(payload, 10, 64); err == nil {
 			// A revision this process has applied needs no catch-up: most
@@ -146,7 +154,7 @@ func (f *follower) sync(ctx context.Context) (err error) {
 	f.auth.saw(m.authGen)
 	s := f.s
 	s.mu.RLock()
-	current := m.rev <= s.rev && m.compactRev <= s.compactRev && m.leaseGen == s.leaseGen
+	current := m.rev <= s.rev && m.compactRev <= s.compactRev && m.leaseGen == s.leaseGen && m.lastID == s.lastID && !f.behind.Load()
 	followerLag.Set(float64(max(0, m.rev-s.rev)))
 	s.mu.RUnlock()
 	if current {
@@ -158,7 +166,11 @@ func (f *follower) sync(ctx context.Context) (err error) {
 	defer s.applyMu.Unlock()
 	cctx, ccancel := context.WithTimeout(ctx, catchUpTimeouts*f.st.timeout)
 	defer ccancel()
-	if err := f.catchUpSnapshot(cctx, false); err != nil {
+	err = f.catchUpSnapshot(cctx, false)
+	if isBehind(err) || (err == nil && f.behind.Load()) {
+		err = f.resync(cctx)
+	}
+	if err != nil {
 		if cctx.Err() != nil && ctx.Err() == nil {
 			return fmt.Errorf("%w: %v", ErrDBTimeout, err)
 		}
@@ -202,8 +214,9 @@ func (f *follower) catchUpSnapshot(ctx context.Context, loading bool) error {
 // the transaction holding the meta row's lock. The caller holds applyMu.
 func (f *follower) catchUp(ctx context.Context, q queryer, m meta) error {
 	s := f.s
-	if m.rev < s.Rev() {
-		return fmt.Errorf("database revision %d is behind this process's %d: the database was replaced or restored underneath shimd", m.rev, s.Rev())
+	if pos := s.position(); diverged(m, pos) || f.behind.Load() {
+		// Never applied on top of: the follower resynchronises (resync.go).
+		return f.noticeBehind(m, pos)
 	}
 	switch {
 	case m.compactRev > s.Rev():
@@ -238,6 +251,11 @@ func (f *follower) applyRows(ctx context.Context, q queryer, m meta) error {
 	changes, err := f.st.readChanges(ctx, q, s.Rev(), m.rev)
 	if err != nil {
 		return err
+	}
+	// Row ids are dense: rows that do not follow on from memory's last
+	// are another history's (the database lost commits, then took new ones).
+	if pos := s.position(); len(changes) > 0 && changes[0].e.id != pos.lastID+1 {
+		return f.noticeBehind(m, pos)
 	}
 	s.mu.Lock()
 	for _, c := range changes {

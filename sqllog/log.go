@@ -144,6 +144,11 @@ func (l *Log) ClusterID() uint64 { return l.clusterID }
 // Shared reports whether other processes may share the database.
 func (l *Log) Shared() bool { return l.store.be.Shared }
 
+// Resyncing reports whether the database was found behind this process's
+// memory and the index is not yet rebuilt from it: writes are refused, and
+// the process is not ready.
+func (l *Log) Resyncing() bool { return l.follower.Resyncing() }
+
 // Ping checks that the database answers.
 func (l *Log) Ping(ctx context.Context) error {
 	_, err := l.store.readMeta(ctx, l.store.be.Read, false)
