@@ -23,6 +23,7 @@ const (
 	reasonDBUnreachable = "DATABASE UNREACHABLE"                         // /health, as etcd's "RANGE ERROR"
 	checkDBUnreachable  = "database unreachable"                         // /livez, /readyz
 	checkDBBehind       = "database behind this member, resynchronising" // /readyz
+	checkWriteStalled   = "database write stalled"                       // /readyz
 	reasonDBBehind      = "DATABASE BEHIND MEMBER, RESYNCHRONISING"      // /health
 )
 
@@ -159,10 +160,15 @@ func (s *Server) healthMux(metrics http.Handler) *http.ServeMux {
 	}
 	// Not ready either while memory may not be what the database holds (the
 	// database is behind it after a failover to a standby that lacked
-	// commits, and the process resynchronises).
+	// commits, and the process resynchronises), nor while writes are stuck
+	// though reads answer (a commit hung on a frozen primary holds every
+	// write until --db-timeout).
 	linearizable := func(ctx context.Context) (string, error) {
 		if s.log.Resyncing() {
 			return checkDBBehind, nil
+		}
+		if d := s.log.WriteStalled(); d > healthTimeout {
+			return checkWriteStalled, fmt.Errorf("a database commit has been running for %v", d.Round(time.Millisecond))
 		}
 		return read(ctx)
 	}

@@ -16,6 +16,8 @@ import (
 // condition fails: the batch is undone, memory catches up from the log
 // under the meta row's lock, and the requests run again there.
 func (w *writer) commit(reqs []*writeReq) {
+	w.commitStart.Store(time.Now().UnixNano())
+	defer w.commitStart.Store(0)
 	w.s.applyMu.Lock()
 	defer w.s.applyMu.Unlock()
 	// A commit that outlives the timeout fails its requests; its outcome is

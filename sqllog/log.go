@@ -149,6 +149,10 @@ func (l *Log) Shared() bool { return l.store.be.Shared }
 // the process is not ready.
 func (l *Log) Resyncing() bool { return l.follower.Resyncing() }
 
+// WriteStalled is how long the write batch in flight has been committing
+// (0 if none): long on a database that hangs, until --db-timeout ends it.
+func (l *Log) WriteStalled() time.Duration { return l.writer.stalled() }
+
 // Ping checks that the database answers.
 func (l *Log) Ping(ctx context.Context) error {
 	_, err := l.store.readMeta(ctx, l.store.be.Read, false)

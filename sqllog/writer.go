@@ -3,6 +3,8 @@ package sqllog
 import (
 	"context"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // writer is the log's single writer: it queues write requests, groups
@@ -22,6 +24,9 @@ type writer struct {
 	// commit's outcome is unknown.
 	fastCooldown int
 	unsure       bool
+	// commitStart is when the batch in flight began (UnixNano; 0 between
+	// batches), for readiness: a commit hung on a frozen database.
+	commitStart atomic.Int64
 
 	quit    chan struct{}
 	stopped chan struct{}
@@ -61,6 +66,14 @@ func (w *writer) Write(ctx context.Context, fn func(tw *TxnWrite) error) error {
 		// The request may still commit, as an etcd proposal may still apply.
 		return ctx.Err()
 	}
+}
+
+// stalled is how long the batch in flight has been committing (0 if none).
+func (w *writer) stalled() time.Duration {
+	if t := w.commitStart.Load(); t != 0 {
+		return time.Since(time.Unix(0, t))
+	}
+	return 0
 }
 
 func (w *writer) start() {
