@@ -155,7 +155,8 @@ func (f *follower) sync(ctx context.Context) (err error) {
 	s := f.s
 	s.mu.RLock()
 	current := m.rev <= s.rev && m.compactRev <= s.compactRev && m.leaseGen == s.leaseGen && m.lastID == s.lastID && !f.behind.Load()
-	followerLag.Set(float64(max(0, m.rev-s.rev)))
+	lag, rebuild := m.rev-s.rev, m.compactRev > s.rev
+	followerLag.Set(float64(max(0, lag)))
 	s.mu.RUnlock()
 	if current {
 		polls.WithLabelValues("idle").Inc()
@@ -164,7 +165,7 @@ func (f *follower) sync(ctx context.Context) (err error) {
 	polls.WithLabelValues("changed").Inc()
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
-	cctx, ccancel := context.WithTimeout(ctx, catchUpTimeouts*f.st.timeout)
+	cctx, ccancel := context.WithTimeout(ctx, catchUpBudget(f.st.timeout, lag, rebuild))
 	defer ccancel()
 	err = f.catchUpSnapshot(cctx, false)
 	if isBehind(err) || (err == nil && f.behind.Load()) {
@@ -179,10 +180,26 @@ func (f *follower) sync(ctx context.Context) (err error) {
 	return nil
 }
 
-// catchUpTimeouts is how many of the store's timeouts a catch-up may take:
-// it reads all that other processes committed since the last one, which a
-// process paused for a while finds large.
+// catchUpTimeouts is how many of the store's timeouts a catch-up may take at
+// most: it reads all that other processes committed since the last one, which
+// a process paused for a while finds large, or the whole index when it fell
+// behind a compaction.
 const catchUpTimeouts = 10
+
+// catchUpRevsPerTimeout is how many revisions a catch-up is given one
+// timeout for: far more than a healthy database serves in one.
+const catchUpRevsPerTimeout = 20000
+
+// catchUpBudget is the time a catch-up of lag revisions (a rebuild of the
+// whole index with rebuild) may take. It holds applyMu, and so every write,
+// for that long when the database hangs (a primary frozen mid-read): the
+// common small catch-up gets one timeout, not ten.
+func catchUpBudget(timeout time.Duration, lag int64, rebuild bool) time.Duration {
+	if rebuild {
+		return catchUpTimeouts * timeout
+	}
+	return time.Duration(min(catchUpTimeouts, 1+max(lag, 0)/catchUpRevsPerTimeout)) * timeout
+}
 
 // catchUpSnapshot reads the meta row and the rows after this process's
 // revision in one snapshot and applies them; loading is the first time, when
