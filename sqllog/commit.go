@@ -16,14 +16,20 @@ import (
 // condition fails: the batch is undone, memory catches up from the log
 // under the meta row's lock, and the requests run again there.
 func (w *writer) commit(reqs []*writeReq) {
-	w.commitStart.Store(time.Now().UnixNano())
-	defer w.commitStart.Store(0)
+	w.stallSince.CompareAndSwap(0, time.Now().UnixNano())
+	w.inFlight.Store(true)
+	defer w.inFlight.Store(false)
 	w.s.applyMu.Lock()
 	defer w.s.applyMu.Unlock()
 	// A commit that outlives the timeout fails its requests; its outcome is
 	// then unknown, and the next batch reads the database to settle it.
 	ctx, cancel := w.st.bound(context.Background())
 	defer cancel()
+	defer func() {
+		if ctx.Err() == nil {
+			w.stallSince.Store(0)
+		}
+	}()
 	defer func() {
 		if ctx.Err() != nil {
 			w.st.dropIdle()

@@ -149,8 +149,9 @@ func (l *Log) Shared() bool { return l.store.be.Shared }
 // the process is not ready.
 func (l *Log) Resyncing() bool { return l.follower.Resyncing() }
 
-// WriteStalled is how long the write batch in flight has been committing
-// (0 if none): long on a database that hangs, until --db-timeout ends it.
+// WriteStalled is how long the write batch in flight, and those before it
+// that ran out of time, have been committing (0 if none is in flight): long
+// on a database that hangs.
 func (l *Log) WriteStalled() time.Duration { return l.writer.stalled() }
 
 // Ping checks that the database answers.

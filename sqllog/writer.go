@@ -24,9 +24,12 @@ type writer struct {
 	// commit's outcome is unknown.
 	fastCooldown int
 	unsure       bool
-	// commitStart is when the batch in flight began (UnixNano; 0 between
-	// batches), for readiness: a commit hung on a frozen database.
-	commitStart atomic.Int64
+	// For readiness (stalled): whether a batch is in flight, and since when
+	// (UnixNano) writes have not completed, counted across batches that ran
+	// out of time: after a commit hung on a frozen primary, the next one may
+	// first wait for a connection to it.
+	inFlight   atomic.Bool
+	stallSince atomic.Int64
 
 	quit    chan struct{}
 	stopped chan struct{}
@@ -68,9 +71,10 @@ func (w *writer) Write(ctx context.Context, fn func(tw *TxnWrite) error) error {
 	}
 }
 
-// stalled is how long the batch in flight has been committing (0 if none).
+// stalled is how long a batch in flight, and the ones before it that ran out
+// of time, have been committing (0 if none is in flight).
 func (w *writer) stalled() time.Duration {
-	if t := w.commitStart.Load(); t != 0 {
+	if t := w.stallSince.Load(); w.inFlight.Load() && t != 0 {
 		return time.Since(time.Unix(0, t))
 	}
 	return 0
