@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -65,7 +66,17 @@ const (
 // failoverFlags are the settings docs/operations.md recommends with a
 // standby: a hung primary is given up after 5 s, and each new connection
 // waits at most 1 s for a host before trying the next.
-var failoverFlags = []string{"--db-timeout", "5s", "--db-connect-timeout", "1s"}
+// SHIMD_TEST_FAILOVER_FLAGS replaces them ("-" for none: the defaults).
+func failoverFlags() []string {
+	switch v := os.Getenv("SHIMD_TEST_FAILOVER_FLAGS"); v {
+	case "":
+		return []string{"--db-timeout", "5s", "--db-connect-timeout", "1s"}
+	case "-":
+		return nil
+	default:
+		return strings.Fields(v)
+	}
+}
 
 func failoverSync(t *testing.T, bin string, fault func(*pgHA)) {
 	c := newPGHA(t, bin, true)
@@ -266,7 +277,7 @@ func startFailover(t *testing.T, c *pgHA) *failover {
 	wctx, wcancel := context.WithCancel(context.Background())
 	t.Cleanup(wcancel)
 	for i := range 2 {
-		p := &harness.Process{Bin: sutBin, DataDir: tempDir(t, fmt.Sprint("shimd", i)), Backend: fo.backend, ExtraArgs: failoverFlags}
+		p := &harness.Process{Bin: sutBin, DataDir: tempDir(t, fmt.Sprint("shimd", i)), Backend: fo.backend, ExtraArgs: failoverFlags()}
 		if err := p.Start(); err != nil {
 			t.Fatalf("start shimd %d on %s: %v\n%s", i, c.dsn(), err, c.logs())
 		}

@@ -23,6 +23,7 @@ import (
 //
 //	SHIMD_TEST_PG_BIN=dir   the PostgreSQL binaries (default: the newest /usr/lib/postgresql/*/bin)
 //	SHIMD_TEST_FAILOVER=0   skip the failover tests
+//	SHIMD_TEST_FAILOVER_FLAGS="--db-timeout 10s ..."  shimd's flags in them ("-": the defaults)
 
 // pgNode is one PostgreSQL server of the cluster.
 type pgNode struct {
