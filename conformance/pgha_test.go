@@ -333,6 +333,16 @@ func ppid(pid int) int {
 	return p
 }
 
+// freeze stops (SIGSTOP) n's postmaster, then every process it started:
+// the postmaster first, so that no backend forked meanwhile escapes.
+func (c *pgHA) freeze(n *pgNode) {
+	pm := c.postmaster(n)
+	c.signal([]int{pm}, syscall.SIGSTOP)
+	for range 3 {
+		c.signal(c.processes(n), syscall.SIGSTOP)
+	}
+}
+
 // signal sends sig to the given processes.
 func (c *pgHA) signal(pids []int, sig syscall.Signal) {
 	for _, pid := range pids {
