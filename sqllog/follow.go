@@ -46,7 +46,8 @@ type follower struct {
 	// behind is set from finding the database behind memory until resync
 	// has rebuilt the index from it.
 	behind atomic.Bool
-	// wake, when following, prompts the loop to run at once.
+	// wake prompts the following loop to run at once (made by Open,
+	// before any writer can call noticeBehind).
 	wake chan struct{}
 
 	quit chan struct{}
@@ -64,8 +65,7 @@ func (f *follower) start(interval time.Duration) {
 		interval = DefaultPollInterval
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	wake := make(chan struct{}, 1)
-	f.wake = wake
+	wake := f.wake
 	poke := func(payload string) {
 		if rev, err := strconv.ParseInt(payload, 10, 64); err == nil {
 			// A revision this process has applied needs no catch-up: most

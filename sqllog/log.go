@@ -90,7 +90,7 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 	l.alarmSet = &alarmSet{st: st}
 	l.members = &members{st: st}
 	l.authTables = &authTables{st: st}
-	l.follower = &follower{s: s, st: st, hub: l.hub, alarms: l.alarmSet, auth: l.authTables, lg: lg}
+	l.follower = &follower{s: s, st: st, hub: l.hub, alarms: l.alarmSet, auth: l.authTables, lg: lg, wake: make(chan struct{}, 1)}
 	l.reader = &reader{s: s, st: st, f: l.follower}
 	l.lessor = &lessor{s: s, st: st, f: l.follower}
 	l.compactor = &compactor{s: s, st: st, f: l.follower, lg: lg}

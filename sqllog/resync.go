@@ -73,14 +73,12 @@ func (f *follower) Resyncing() bool { return f.behind.Load() }
 func (f *follower) noticeBehind(m, pos meta) error {
 	if f.behind.CompareAndSwap(false, true) {
 		resyncing.Set(1)
-		f.lg.Error("the database is behind this process's memory: it lost commits that were acknowledged (failover to an asynchronous standby? restore?); refusing writes and resynchronising from the database",
+		f.lg.Error("the database is behind this process's memory: it lacks commits this process applied, and may have acknowledged (failover to an asynchronous standby? restore?); refusing writes and resynchronising from the database",
 			"db_revision", m.rev, "memory_revision", pos.rev, "db_last_id", m.lastID, "memory_last_id", pos.lastID)
 	}
-	if f.wake != nil {
-		select {
-		case f.wake <- struct{}{}:
-		default:
-		}
+	select {
+	case f.wake <- struct{}{}:
+	default:
 	}
 	return &behindError{db: m, mem: pos}
 }
