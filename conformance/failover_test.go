@@ -137,11 +137,27 @@ func failoverAsync(t *testing.T, bin string) {
 		t.Fatalf("lock the meta row: %v", err)
 	}
 	c.shutOut(c.standby, false)
+	var lostKey string
+	for _, a := range fo.ackList() {
+		if a.at.After(stoppedAt) && a.at.Before(faultAt) {
+			lostKey = a.key
+		}
+	}
 	for i, p := range fo.procs {
 		waitFor(t, 30*time.Second, fmt.Sprintf("process %d's /readyz to report the resync", i), func() (bool, string) {
 			a := httpGet(p.Endpoint + "/readyz?verbose")
 			return a.code == http.StatusServiceUnavailable && strings.Contains(a.body, "resynchronising"), a.String()
 		})
+		// Not even a serializable read serves what the database lost.
+		if lostKey == "" {
+			t.Fatal("no put was acknowledged while the standby was stopped")
+		}
+		gctx, gcancel := context.WithTimeout(ctx, 5*time.Second)
+		g, err := dialT(t, p.Endpoint).Get(gctx, lostKey, clientv3.WithSerializable())
+		gcancel()
+		if err == nil && len(g.Kvs) > 0 {
+			t.Errorf("process %d served the lost key %s during the resync", i, lostKey)
+		}
 	}
 	tx.Rollback()
 	releasedAt := time.Now()
