@@ -17,7 +17,8 @@ import (
 // does not. shimd must never serve them, and must not hand out their
 // revisions again for other content. So the process that notices:
 //
-//  1. fails writes (ErrDBBehind) and reports not ready until it is done;
+//  1. fails reads and writes (ErrDBBehind) and reports not ready until it
+//     is done;
 //  2. moves the meta row past every revision it handed out and compacts the
 //     log there (as etcdutl snapshot restore --bump-revision
 //     --mark-compacted does): the lost revisions are compacted for every
@@ -73,7 +74,7 @@ func (f *follower) Resyncing() bool { return f.behind.Load() }
 func (f *follower) noticeBehind(m, pos meta) error {
 	if f.behind.CompareAndSwap(false, true) {
 		resyncing.Set(1)
-		f.lg.Error("the database is behind this process's memory: it lacks commits this process applied, and may have acknowledged (failover to an asynchronous standby? restore?); refusing writes and resynchronising from the database",
+		f.lg.Error("the database is behind this process's memory: it lacks commits this process applied, and may have acknowledged (failover to an asynchronous standby? restore?); refusing reads and writes and resynchronising from the database",
 			"db_revision", m.rev, "memory_revision", pos.rev, "db_last_id", m.lastID, "memory_last_id", pos.lastID)
 	}
 	select {
