@@ -334,8 +334,13 @@ type resumingWatcher struct {
 }
 
 func newResumingWatcher(ctx context.Context, cli *clientv3.Client, prefix string) *resumingWatcher {
+	return newResumingWatcherAt(ctx, cli, prefix, 1)
+}
+
+// newResumingWatcherAt is newResumingWatcher starting at revision from.
+func newResumingWatcherAt(ctx context.Context, cli *clientv3.Client, prefix string, from int64) *resumingWatcher {
 	ctx, cancel := context.WithCancel(ctx)
-	w := &resumingWatcher{mpWatcher: mpWatcher{changed: make(chan struct{}), done: make(chan struct{}), cancel: cancel}}
+	w := &resumingWatcher{mpWatcher: mpWatcher{changed: make(chan struct{}), done: make(chan struct{}), cancel: cancel, last: from - 1}}
 	go func() {
 		defer close(w.done)
 		for ctx.Err() == nil {

@@ -51,6 +51,10 @@ func toGRPC(err error) error {
 		// etcd's answer to a proposal that did not commit in time; clientv3
 		// would take DeadlineExceeded for its own call's and retry.
 		return rpctypes.ErrGRPCTimeout
+	case errors.Is(err, sqllog.ErrDBBehind):
+		// Nothing was written; as after etcd's leader changed, the client
+		// may retry once this member has caught up with the database.
+		return rpctypes.ErrGRPCLeaderChanged
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
 	case errors.Is(err, sqllog.ErrCompacted):

@@ -20,8 +20,11 @@ const healthTimeout = 2 * time.Second
 // driver's error names the database user, name and host, which are no
 // business of whoever can reach a health or metrics port: it goes to the log.
 const (
-	reasonDBUnreachable = "DATABASE UNREACHABLE" // /health, as etcd's "RANGE ERROR"
-	checkDBUnreachable  = "database unreachable" // /livez, /readyz
+	reasonDBUnreachable = "DATABASE UNREACHABLE"                         // /health, as etcd's "RANGE ERROR"
+	checkDBUnreachable  = "database unreachable"                         // /livez, /readyz
+	checkDBBehind       = "database behind this member, resynchronising" // /readyz
+	checkWriteStalled   = "database write stalled"                       // /readyz
+	reasonDBBehind      = "DATABASE BEHIND MEMBER, RESYNCHRONISING"      // /health
 )
 
 // Health reports whether this member can serve: the database answers and,
@@ -38,6 +41,9 @@ func (s *Server) healthDetail(ctx context.Context, exclude map[string]bool) (boo
 	defer cancel()
 	if err := s.log.Ping(ctx); err != nil {
 		return false, reasonDBUnreachable, err
+	}
+	if s.log.Resyncing() {
+		return false, reasonDBBehind, nil
 	}
 	for _, a := range s.log.Alarms() {
 		name := pb.AlarmType(a.Type).String()
@@ -152,6 +158,20 @@ func (s *Server) healthMux(metrics http.Handler) *http.ServeMux {
 		}
 		return "", nil
 	}
+	// Not ready either while memory may not be what the database holds (the
+	// database is behind it after a failover to a standby that lacked
+	// commits, and the process resynchronises), nor while writes are stuck
+	// though reads answer (a commit hung on a frozen primary holds every
+	// write until --db-timeout).
+	linearizable := func(ctx context.Context) (string, error) {
+		if s.log.Resyncing() {
+			return checkDBBehind, nil
+		}
+		if d := s.log.WriteStalled(); d > healthTimeout {
+			return checkWriteStalled, fmt.Errorf("a database commit has been running for %v", d.Round(time.Millisecond))
+		}
+		return read(ctx)
+	}
 	corruption := func(ctx context.Context) (string, error) {
 		for _, a := range s.log.Alarms() {
 			if pb.AlarmType(a.Type) == pb.AlarmType_CORRUPT {
@@ -165,7 +185,7 @@ func (s *Server) healthMux(metrics http.Handler) *http.ServeMux {
 		"readyz": {
 			{"data_corruption", corruption},
 			{"serializable_read", read},
-			{"linearizable_read", read},
+			{"linearizable_read", linearizable},
 			{"non_learner", func(context.Context) (string, error) { return "", nil }},
 		},
 	} {

@@ -56,13 +56,26 @@ func conflicted(c drivers.ConflictDetector, reqs []*writeReq) bool {
 // condition fails: the batch is undone, memory catches up from the log
 // under the meta row's lock, and the requests run again there.
 func (w *writer) commitOnce(reqs []*writeReq) {
+	w.stallSince.CompareAndSwap(0, time.Now().UnixNano())
+	w.inFlight.Store(true)
+	defer w.inFlight.Store(false)
 	w.s.applyMu.Lock()
 	defer w.s.applyMu.Unlock()
 	// A commit that outlives the timeout fails its requests; its outcome is
 	// then unknown, and the next batch reads the database to settle it.
 	ctx, cancel := w.st.bound(context.Background())
 	defer cancel()
-	defer timedOut(ctx, reqs)
+	defer func() {
+		if ctx.Err() == nil {
+			w.stallSince.Store(0)
+		}
+	}()
+	defer func() {
+		if ctx.Err() != nil {
+			w.st.dropIdle()
+		}
+		timedOut(ctx, reqs)
+	}()
 	batchSize.Observe(float64(len(reqs)))
 	exp := w.s.position()
 	exp.authGen = w.auth.AuthGen()
@@ -173,7 +186,7 @@ func (w *writer) commitLocked(ctx context.Context, reqs []*writeReq, b *batch, e
 		}
 		// Another process wrote (shared database), or a commit whose outcome
 		// was reported as failed did land: either way the log is the truth.
-		if m.rev != w.s.Rev() || m.compactRev > w.s.CompactRev() || m.leaseGen != w.s.leaseGen {
+		if pos := w.s.position(); m.rev != pos.rev || m.lastID != pos.lastID || m.compactRev > pos.compactRev || m.leaseGen != pos.leaseGen || w.f.Resyncing() {
 			if err := w.f.catchUp(ctx, tx, m); err != nil {
 				fail(reqs, err)
 				return

@@ -17,6 +17,11 @@ var (
 	// is no longer the database's (see CheckedAt): nothing was written, and
 	// the caller checks the request again against the current auth store.
 	ErrAuthStale = errors.New("sqllog: the auth store changed since the request was checked")
+	// ErrDBBehind means the database lacks commits this process applied
+	// (failover to a standby that had not received them, a restore): the
+	// process refuses writes until it has resynchronised from the database
+	// (see resync.go). Nothing of the request was written.
+	ErrDBBehind = errors.New("sqllog: the database is behind this process's memory; resynchronising from it")
 	// errNeedTx stops a request that runs against memory but must read the
 	// database under the meta row's lock; it runs again there.
 	errNeedTx = errors.New("sqllog: request needs the write transaction")

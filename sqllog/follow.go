@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -43,8 +44,15 @@ type follower struct {
 	lg        *slog.Logger
 
 	barriers barriers
-	quit     chan struct{}
-	wg       sync.WaitGroup
+	// behind is set from finding the database behind memory until resync
+	// has rebuilt the index from it.
+	behind atomic.Bool
+	// wake prompts the following loop to run at once (made by Open,
+	// before any writer can call noticeBehind).
+	wake chan struct{}
+
+	quit chan struct{}
+	wg   sync.WaitGroup
 }
 
 // follow keeps the index and the watchers up with commits by other processes
@@ -58,7 +66,7 @@ func (f *follower) start(interval time.Duration) {
 		interval = DefaultPollInterval
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	wake := make(chan struct{}, 1)
+	wake := f.wake
 	poke := func(payload string) {
 		if rev, err := strconv.ParseInt(payload, 10, 64); err == nil {
 			// A revision this process has applied needs no catch-up: most
@@ -136,6 +144,9 @@ func (f *follower) sync(ctx context.Context) (err error) {
 		if err != nil && mctx.Err() != nil && ctx.Err() == nil && !errors.Is(err, ErrDBTimeout) {
 			err = fmt.Errorf("%w: %v", ErrDBTimeout, err)
 		}
+		if errors.Is(err, ErrDBTimeout) {
+			f.st.dropIdle()
+		}
 	}()
 	m, err := f.st.readMeta(mctx, f.st.be.Read, false)
 	observe("read_meta", start)
@@ -145,8 +156,9 @@ func (f *follower) sync(ctx context.Context) (err error) {
 	f.auth.saw(m.authGen)
 	s := f.s
 	s.mu.RLock()
-	current := m.rev <= s.rev && m.compactRev <= s.compactRev && m.leaseGen == s.leaseGen
-	followerLag.Set(float64(max(0, m.rev-s.rev)))
+	current := m.rev <= s.rev && m.compactRev <= s.compactRev && m.leaseGen == s.leaseGen && m.lastID == s.lastID && !f.behind.Load()
+	lag, rebuild := m.rev-s.rev, m.compactRev > s.rev
+	followerLag.Set(float64(max(0, lag)))
 	s.mu.RUnlock()
 	if current {
 		polls.WithLabelValues("idle").Inc()
@@ -155,9 +167,13 @@ func (f *follower) sync(ctx context.Context) (err error) {
 	polls.WithLabelValues("changed").Inc()
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
-	cctx, ccancel := context.WithTimeout(ctx, catchUpTimeouts*f.st.timeout)
+	cctx, ccancel := context.WithTimeout(ctx, catchUpBudget(f.st.timeout, lag, rebuild))
 	defer ccancel()
-	if err := f.catchUpSnapshot(cctx, false); err != nil {
+	err = f.catchUpSnapshot(cctx, false)
+	if isBehind(err) || (err == nil && f.behind.Load()) {
+		err = f.resync(cctx)
+	}
+	if err != nil {
 		if cctx.Err() != nil && ctx.Err() == nil {
 			return fmt.Errorf("%w: %v", ErrDBTimeout, err)
 		}
@@ -166,10 +182,26 @@ func (f *follower) sync(ctx context.Context) (err error) {
 	return nil
 }
 
-// catchUpTimeouts is how many of the store's timeouts a catch-up may take:
-// it reads all that other processes committed since the last one, which a
-// process paused for a while finds large.
+// catchUpTimeouts is how many of the store's timeouts a catch-up may take at
+// most: it reads all that other processes committed since the last one, which
+// a process paused for a while finds large, or the whole index when it fell
+// behind a compaction.
 const catchUpTimeouts = 10
+
+// catchUpRevsPerTimeout is how many revisions a catch-up is given one
+// timeout for: far more than a healthy database serves in one.
+const catchUpRevsPerTimeout = 20000
+
+// catchUpBudget is the time a catch-up of lag revisions (a rebuild of the
+// whole index with rebuild) may take. It holds applyMu, and so every write,
+// for that long when the database hangs (a primary frozen mid-read): the
+// common small catch-up gets one timeout, not ten.
+func catchUpBudget(timeout time.Duration, lag int64, rebuild bool) time.Duration {
+	if rebuild {
+		return catchUpTimeouts * timeout
+	}
+	return time.Duration(min(catchUpTimeouts, 1+max(lag, 0)/catchUpRevsPerTimeout)) * timeout
+}
 
 // catchUpSnapshot reads the meta row and the rows after this process's
 // revision in one snapshot and applies them; loading is the first time, when
@@ -201,8 +233,9 @@ func (f *follower) catchUpSnapshot(ctx context.Context, loading bool) error {
 // the transaction holding the meta row's lock. The caller holds applyMu.
 func (f *follower) catchUp(ctx context.Context, q queryer, m meta) error {
 	s := f.s
-	if m.rev < s.Rev() {
-		return fmt.Errorf("database revision %d is behind this process's %d: the database was replaced or restored underneath shimd", m.rev, s.Rev())
+	if pos := s.position(); diverged(m, pos) || f.behind.Load() {
+		// Never applied on top of: the follower resynchronises (resync.go).
+		return f.noticeBehind(m, pos)
 	}
 	switch {
 	case m.compactRev > s.Rev():
@@ -237,6 +270,11 @@ func (f *follower) applyRows(ctx context.Context, q queryer, m meta) error {
 	changes, err := f.st.readChanges(ctx, q, s.Rev(), m.rev)
 	if err != nil {
 		return err
+	}
+	// Row ids are dense: rows that do not follow on from memory's last
+	// are another history's (the database lost commits, then took new ones).
+	if pos := s.position(); len(changes) > 0 && changes[0].e.id != pos.lastID+1 {
+		return f.noticeBehind(m, pos)
 	}
 	s.mu.Lock()
 	for _, c := range changes {

@@ -138,6 +138,25 @@ func (h *hub) jump(rev int64) {
 	h.kick()
 }
 
+// cancelAll is told that the index was rebuilt at rev from a database that
+// lost revisions the watchers may have been sent (see resync.go): every
+// watcher is cancelled as compacted, whatever its next revision, so that its
+// client lists again instead of going on from a history that is gone.
+func (h *hub) cancelAll(rev int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.synced.all(func(w *watcher) { h.unsynced[w] = struct{}{} })
+	for w := range h.unsynced {
+		// Below any compact revision: syncWatchers cancels it as compacted.
+		w.minRev = 0
+		w.retryAt = time.Time{}
+	}
+	h.synced = newWatcherGroup()
+	h.cache = eventCache{}
+	h.rev = rev
+	h.kick()
+}
+
 // notifyChanges hands committed changes, in log order, to the watchers, one
 // revision at a time.
 func (h *hub) notifyChanges(changes []Change) {

@@ -90,7 +90,7 @@ func Open(ctx context.Context, be *drivers.Backend, opts Options) (*Log, error) 
 	l.alarmSet = &alarmSet{st: st}
 	l.members = &members{st: st}
 	l.authTables = &authTables{st: st}
-	l.follower = &follower{s: s, st: st, hub: l.hub, alarms: l.alarmSet, auth: l.authTables, lg: lg}
+	l.follower = &follower{s: s, st: st, hub: l.hub, alarms: l.alarmSet, auth: l.authTables, lg: lg, wake: make(chan struct{}, 1)}
 	l.reader = &reader{s: s, st: st, f: l.follower}
 	l.lessor = &lessor{s: s, st: st, f: l.follower}
 	l.compactor = &compactor{s: s, st: st, f: l.follower, lg: lg}
@@ -144,6 +144,16 @@ func (l *Log) ClusterID() uint64 { return l.clusterID }
 
 // Shared reports whether other processes may share the database.
 func (l *Log) Shared() bool { return l.store.be.Shared }
+
+// Resyncing reports whether the database was found behind this process's
+// memory and the index is not yet rebuilt from it: writes are refused, and
+// the process is not ready.
+func (l *Log) Resyncing() bool { return l.follower.Resyncing() }
+
+// WriteStalled is how long the write batch in flight, and those before it
+// that ran out of time, have been committing (0 if none is in flight): long
+// on a database that hangs.
+func (l *Log) WriteStalled() time.Duration { return l.writer.stalled() }
 
 // Ping checks that the database answers.
 func (l *Log) Ping(ctx context.Context) error {

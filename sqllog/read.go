@@ -90,6 +90,10 @@ func (v *readView) Range(ctx context.Context, key, end []byte, ro RangeOptions) 
 	if v.ops++; v.ops == 2 {
 		txnCounter.Inc()
 	}
+	if v.r.f.Resyncing() {
+		// Memory may hold commits the database lost: never served.
+		return nil, ErrDBBehind
+	}
 	return v.r.rangeKeys(ctx, key, end, v.rev, ro, nil)
 }
 

@@ -40,6 +40,21 @@ func (st *store) bound(ctx context.Context) (context.Context, context.CancelFunc
 	return context.WithTimeout(ctx, st.timeout)
 }
 
+// dropIdle closes the idle connections of a server database's pools after
+// a call ran out of time: the server (or one host of a multi-host DSN) is
+// likely hung, and every idle connection to it would cost the next calls a
+// whole timeout each. New connections go to whichever host answers.
+func (st *store) dropIdle() {
+	if !st.be.Shared {
+		return
+	}
+	for _, db := range []*sql.DB{st.be.Read, st.be.Write} {
+		n := db.Stats().MaxOpenConnections
+		db.SetMaxIdleConns(0) // closes the idle ones
+		db.SetMaxIdleConns(n)
+	}
+}
+
 // open creates the tables if needed, prepares the write path's statements
 // and returns the meta row.
 func (st *store) open(ctx context.Context) (meta, error) {

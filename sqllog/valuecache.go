@@ -7,7 +7,8 @@ import (
 
 // valueCache keeps recently written or read values by row id in one ring
 // buffer of fixed size, oldest out first. A row's value never changes, so
-// entries need no invalidation; compaction's garbage just ages out.
+// entries need no invalidation (except when the database loses rows: see
+// clear); compaction's garbage just ages out.
 //
 // The ring is allocated outside the Go heap (an anonymous mapping), so the
 // cache costs exactly its size in memory: a cache of the same bytes on the
@@ -141,4 +142,15 @@ func (c *valueCache) close() {
 		syscall.Munmap(c.ring)
 	}
 	c.ring, c.mapped, c.byID, c.order, c.closed = nil, false, nil, nil, true
+}
+
+// clear forgets every entry: after the database lost rows (see resync), a
+// row id may come to name another value.
+func (c *valueCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.byID != nil {
+		c.byID = make(map[int64]ringSlot)
+	}
+	c.order, c.first = nil, 0
 }

@@ -92,3 +92,23 @@ func TestValueCacheDisabled(t *testing.T) {
 
 // get returns a copy of the cached value of row id.
 func (c *valueCache) get(id int64) ([]byte, bool) { return c.appendTo(nil, id) }
+
+// TestValueCacheClear: after clear (a resync: row ids may come to name other
+// values) nothing is served, and new entries are cached again.
+func TestValueCacheClear(t *testing.T) {
+	c := newValueCache(minCachedBytes)
+	defer c.close()
+	for id := int64(1); id <= 10; id++ {
+		c.put(id, []byte(fmt.Sprint("lost-", id)))
+	}
+	c.clear()
+	for id := int64(1); id <= 10; id++ {
+		if v, ok := c.get(id); ok {
+			t.Fatalf("entry %d served after clear: %q", id, v)
+		}
+	}
+	c.put(3, []byte("new-3"))
+	if v, ok := c.get(3); !ok || string(v) != "new-3" {
+		t.Fatalf("entry 3 after clear and put: %q, %v", v, ok)
+	}
+}

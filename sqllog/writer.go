@@ -3,6 +3,8 @@ package sqllog
 import (
 	"context"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // writer is the log's single writer: it queues write requests, groups
@@ -23,6 +25,12 @@ type writer struct {
 	// commit's outcome is unknown.
 	fastCooldown int
 	unsure       bool
+	// For readiness (stalled): whether a batch is in flight, and since when
+	// (UnixNano) writes have not completed, counted across batches that ran
+	// out of time: after a commit hung on a frozen primary, the next one may
+	// first wait for a connection to it.
+	inFlight   atomic.Bool
+	stallSince atomic.Int64
 
 	quit    chan struct{}
 	stopped chan struct{}
@@ -65,6 +73,15 @@ func (w *writer) Write(ctx context.Context, fn func(tw *TxnWrite) error) error {
 		// The request may still commit, as an etcd proposal may still apply.
 		return ctx.Err()
 	}
+}
+
+// stalled is how long a batch in flight, and the ones before it that ran out
+// of time, have been committing (0 if none is in flight).
+func (w *writer) stalled() time.Duration {
+	if t := w.stallSince.Load(); w.inFlight.Load() && t != 0 {
+		return time.Since(time.Unix(0, t))
+	}
+	return 0
 }
 
 func (w *writer) start() {

@@ -28,10 +28,11 @@ func Open(ctx context.Context, dsn string, opts drivers.Options) (*drivers.Backe
 	if err != nil {
 		return nil, fmt.Errorf("postgres: bad endpoint: %w", redact(err, dsn))
 	}
-	if opts.ConnectTimeout > 0 {
+	if opts.ConnectTimeout > 0 && !strings.Contains(dsn, "connect_timeout=") {
 		cfg.ConnectTimeout = opts.ConnectTimeout
 	}
-	be, err := drivers.OpenServer(ctx, stdlib.GetConnector(*cfg), opts)
+	cfg.DialFunc = keepaliveDialer().DialContext
+	be, err := drivers.OpenServer(ctx, stdlib.GetConnector(*cfg, stdlib.OptionBeforeConnect(fitConnectTimeout)), opts)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: connect to %s:%d: %w", cfg.Host, cfg.Port, redact(err, cfg.Password))
 	}
@@ -53,12 +54,11 @@ func listen(ctx context.Context, cfg *pgx.ConnConfig, wake func(string)) {
 			if err == nil {
 				backoff = 100 * time.Millisecond
 				wake("")
-				for {
+				for err == nil {
 					var n *pgconn.Notification
-					if n, err = conn.WaitForNotification(ctx); err != nil {
-						break
+					if n, err = waitNotification(ctx, conn); err == nil && n != nil {
+						wake(n.Payload)
 					}
-					wake(n.Payload)
 				}
 			}
 			conn.Close(context.Background())
@@ -69,6 +69,27 @@ func listen(ctx context.Context, cfg *pgx.ConnConfig, wake func(string)) {
 			backoff = min(2*backoff, 5*time.Second)
 		}
 	}
+}
+
+// listenCheck is how long the listening connection may stay silent before
+// it is pinged: a frozen or partitioned server keeps it open and silent
+// forever, and the notifications would never come from the new primary.
+const listenCheck = 10 * time.Second
+
+// waitNotification waits for a notification; after listenCheck of silence
+// it checks the connection answers and returns no notification.
+func waitNotification(ctx context.Context, conn *pgx.Conn) (*pgconn.Notification, error) {
+	wctx, cancel := context.WithTimeout(ctx, listenCheck)
+	n, err := conn.WaitForNotification(wctx)
+	cancel()
+	if err == nil || ctx.Err() != nil || wctx.Err() == nil {
+		return n, err
+	}
+	// A timeout leaves the connection usable (pgconn closes it on any other
+	// error).
+	pctx, pcancel := context.WithTimeout(ctx, 3*time.Second)
+	defer pcancel()
+	return nil, conn.Ping(pctx)
 }
 
 // redact keeps a password out of an error message.
