@@ -415,7 +415,7 @@ func (r *report) printTool(w io.Writer, ops []toolOp) {
 	writeMarkdown(w, t)
 	fmt.Fprintln(w, "\nIn brackets: shimd/etcd from the same run (requests/s: above 1 is faster; latency: below 1 is faster).")
 	for _, n := range r.notices {
-		fmt.Fprintf(w, "Skipped: %s.\n", n)
+		fmt.Fprintf(w, "Notice: %s.\n", n)
 	}
 	for i, run := range r.runs {
 		for _, target := range r.targets {
