@@ -29,11 +29,14 @@ conformance:
 # shimd processes on PostgreSQL and MariaDB, then the load generator against a
 # real etcd 3.7, shimd on SQLite, PostgreSQL and MariaDB, and kine on
 # PostgreSQL, each a separate process (conformance/bench; flags:
-# make bench BENCH_FLAGS='--runs 3 --history 10').
+# make bench BENCH_FLAGS='--runs 3 --history 10'), then etcd's own benchmark
+# tool (put, range, txn-put, watch-latency) against etcd and shimd on each
+# database (flags: BENCH_TOOL_FLAGS='--tool-total 50000 --runs 3').
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./server ./sqllog
 	cd conformance && $(GO) test -run '^$$' -bench CrossProcessLatency -benchtime 200x .
 	cd conformance && $(GO) run ./bench $(BENCH_FLAGS)
+	cd conformance && $(GO) run ./bench --etcd-tool $(BENCH_TOOL_FLAGS)
 
 # etcdctl of the etcd release the conformance suite compares against.
 etcdctl:

@@ -64,6 +64,11 @@
 // CPU profile of each measured phase, and <target>-heap.pprof at the end;
 // read them with `go tool pprof -top DIR/run1-sqlite-create.pprof`.
 // --shimd-rev HEAD benchmarks the last commit instead of the working tree.
+//
+// --etcd-tool runs etcd's own benchmark tool instead (put, range
+// linearizable and serializable, txn-put, watch-latency; the --tool-* flags
+// set its load) against etcd and shimd, with the same side-by-side servers,
+// turns and same-run ratios; see etcdtool.go.
 package main
 
 import (
@@ -119,6 +124,7 @@ type config struct {
 	order         string
 	settle        time.Duration
 	slices        int
+	tool          toolConfig // --etcd-tool: etcd's benchmark tool (etcdtool.go)
 }
 
 // allTargets in table order: etcd first, then shimd, then kine (the
@@ -130,6 +136,10 @@ var allTargets = []string{"etcd", "sqlite", "postgres", "mariadb", "kine-sqlite"
 // it adds about a minute (estimated from small runs); kine-sqlite and
 // kine-mariadb would take the run past 6 minutes.
 var defaultTargets = []string{"etcd", "sqlite", "postgres", "mariadb", "kine-postgres"}
+
+// toolTargets is the default of --targets with --etcd-tool: etcd and shimd
+// only (the issue's comparison; kine and auth are not its targets).
+var toolTargets = []string{"etcd", "sqlite", "postgres", "mariadb"}
 
 func main() {
 	var cfg config
@@ -162,7 +172,11 @@ func main() {
 	flag.DurationVar(&cfg.settle, "settle", 300*time.Millisecond, "pause before each turn of each target (lets the previous one's background work, e.g. a database checkpoint, fade)")
 	flag.IntVar(&cfg.slices, "slices", 5, "with --order phase, the targets take turns at each phase in this many parts (keys or repetitions split evenly; watch, recreate and compact are not split); throughput is the keys over the parts' summed time")
 	flag.Int64Var(&cfg.seed, "seed", 1, "seed of the values and sizes")
+	cfg.tool.flags()
 	flag.Parse()
+	if cfg.tool.enabled && !flagSet("targets") {
+		targets = strings.Join(toolTargets, ",")
+	}
 
 	cfg.shimdArgs = strings.Fields(shimdArgs)
 	var err error
@@ -208,9 +222,20 @@ func main() {
 	if len(cfg.targets) == 0 {
 		fatalf("--targets: empty")
 	}
-	if err := run(&cfg); err != nil {
+	do := run
+	if cfg.tool.enabled {
+		do = runTool
+	}
+	if err := do(&cfg); err != nil {
 		fatalf("%v", err)
 	}
+}
+
+// flagSet reports whether the command line set the flag.
+func flagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 func run(cfg *config) error {
@@ -261,35 +286,7 @@ func run(cfg *config) error {
 		cfg.kineDesc = describeKine(cfg.kineBin)
 	}
 
-	// Database servers (a kine target uses its shimd twin's).
-	backends := map[string]harness.Backend{"etcd": {Name: "etcd", Kind: harness.KindSQLite}, "sqlite": {Name: "sqlite", Kind: harness.KindSQLite}}
-	var notices []string
-	if contains(cfg.targets, "postgres") || contains(cfg.targets, "mariadb") || contains(cfg.targets, "kine-postgres") || contains(cfg.targets, "kine-mariadb") ||
-		contains(cfg.targets, "postgres-auth") || contains(cfg.targets, "mariadb-auth") {
-		for _, b := range harness.Backends() {
-			switch {
-			case b.Kind == harness.KindPostgres && backends["postgres"].Name == "":
-				backends["postgres"] = b
-			case b.Kind == harness.KindMySQL && backends["mariadb"].Name == "":
-				backends["mariadb"] = b
-			}
-		}
-	}
-	var targets []string
-	for _, t := range cfg.targets {
-		b, ok := backends[backendOf(t)]
-		switch {
-		case !ok:
-			notices = append(notices, fmt.Sprintf("%s: not configured (%s / %s / %s): skipped", t, harness.EnvPostgres, harness.EnvMySQL, harness.EnvBackends))
-		case b.Unavailable != nil:
-			notices = append(notices, fmt.Sprintf("%s: %v: skipped", t, b.Unavailable))
-		default:
-			targets = append(targets, t)
-		}
-	}
-	for _, n := range notices {
-		fmt.Fprintln(os.Stderr, "bench: NOTICE:", n)
-	}
+	backends, targets, notices := availableTargets(cfg.targets)
 	if len(targets) == 0 {
 		return errors.New("no target left to run")
 	}
@@ -353,6 +350,44 @@ func run(cfg *config) error {
 		}
 	}
 	return nil
+}
+
+// availableTargets finds the database server of each target and leaves out,
+// with a notice on stderr, those whose server is not configured or does
+// not answer (a kine target uses its shimd twin's).
+func availableTargets(want []string) (map[string]harness.Backend, []string, []string) {
+	backends := map[string]harness.Backend{"etcd": {Name: "etcd", Kind: harness.KindSQLite}, "sqlite": {Name: "sqlite", Kind: harness.KindSQLite}}
+	var notices []string
+	shared := false
+	for _, t := range want {
+		shared = shared || backendOf(t) == "postgres" || backendOf(t) == "mariadb"
+	}
+	if shared {
+		for _, b := range harness.Backends() {
+			switch {
+			case b.Kind == harness.KindPostgres && backends["postgres"].Name == "":
+				backends["postgres"] = b
+			case b.Kind == harness.KindMySQL && backends["mariadb"].Name == "":
+				backends["mariadb"] = b
+			}
+		}
+	}
+	var targets []string
+	for _, t := range want {
+		b, ok := backends[backendOf(t)]
+		switch {
+		case !ok:
+			notices = append(notices, fmt.Sprintf("%s: not configured (%s / %s / %s): skipped", t, harness.EnvPostgres, harness.EnvMySQL, harness.EnvBackends))
+		case b.Unavailable != nil:
+			notices = append(notices, fmt.Sprintf("%s: %v: skipped", t, b.Unavailable))
+		default:
+			targets = append(targets, t)
+		}
+	}
+	for _, n := range notices {
+		fmt.Fprintln(os.Stderr, "bench: NOTICE:", n)
+	}
+	return backends, targets, notices
 }
 
 // result is one target's numbers from one run.
