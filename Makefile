@@ -26,7 +26,8 @@ conformance:
 	cd conformance && $(GO) test -count=1 -timeout 50m ./...
 
 # In-process benchmarks of the hot paths, the watch latency between two
-# shimd processes on PostgreSQL and MariaDB, then the load generator against a
+# shimd processes on PostgreSQL and MariaDB, write latency during a large
+# compaction (BenchmarkCompactionStall), then the load generator against a
 # real etcd 3.7, shimd on SQLite, PostgreSQL and MariaDB, and kine on
 # PostgreSQL, each a separate process (conformance/bench; flags:
 # make bench BENCH_FLAGS='--runs 3 --history 10'), then etcd's own benchmark
@@ -35,6 +36,7 @@ conformance:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./server ./sqllog
 	cd conformance && $(GO) test -run '^$$' -bench CrossProcessLatency -benchtime 200x .
+	cd conformance && $(GO) test -run '^$$' -bench CompactionStall -benchtime 1x .
 	cd conformance && $(GO) run ./bench $(BENCH_FLAGS)
 	cd conformance && $(GO) run ./bench --etcd-tool $(BENCH_TOOL_FLAGS)
 
