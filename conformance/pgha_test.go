@@ -384,5 +384,3 @@ func (c *pgHA) destroy() {
 	}
 	os.RemoveAll(c.base)
 }
-
-
