@@ -204,15 +204,7 @@ func runTool(cfg *config) error {
 	rep := &report{cfg: cfg, targets: targets, notices: notices, start: time.Now(), machine: machine()}
 	for r := 0; r < cfg.runs; r++ {
 		runRes := map[string]*result{}
-		var servers []*server
-		for _, t := range targets {
-			logf("run %d/%d: starting %s", r+1, cfg.runs, t)
-			s := startTarget(cfg, t, backends[backendOf(t)], r, nil)
-			if s.failed {
-				fmt.Fprintf(os.Stderr, "bench: %s: %s\n", t, s.res.Err)
-			}
-			servers = append(servers, s)
-		}
+		servers := startTargets(cfg, targets, backends, r, nil)
 		for i, op := range ops {
 			rep.sampleLoad(r)
 			logf("run %d/%d: %s (load %s)", r+1, cfg.runs, op.name, loadavg())

@@ -307,15 +307,7 @@ func run(cfg *config) error {
 				runRes[t] = s.finish()
 			}
 		} else {
-			var servers []*server
-			for _, t := range targets {
-				logf("run %d/%d: starting %s", r+1, cfg.runs, t)
-				s := startTarget(cfg, t, backends[backendOf(t)], r, vals)
-				if s.failed {
-					fmt.Fprintf(os.Stderr, "bench: %s: %s\n", t, s.res.Err)
-				}
-				servers = append(servers, s)
-			}
+			servers := startTargets(cfg, targets, backends, r, vals)
 			for _, st := range steps {
 				rep.sampleLoad(r)
 				logf("run %d/%d: %s (load %s)", r+1, cfg.runs, st.name, loadavg())
@@ -418,6 +410,21 @@ type server struct {
 
 // startTarget creates the target's store and data dir, starts its server
 // and connects the clients.
+// startTargets starts every target for run r, side by side; one that fails
+// to start is reported and stays in the list, marked failed.
+func startTargets(cfg *config, targets []string, backends map[string]harness.Backend, r int, vals *values) []*server {
+	var servers []*server
+	for _, t := range targets {
+		logf("run %d/%d: starting %s", r+1, cfg.runs, t)
+		s := startTarget(cfg, t, backends[backendOf(t)], r, vals)
+		if s.failed {
+			fmt.Fprintf(os.Stderr, "bench: %s: %s\n", t, s.res.Err)
+		}
+		servers = append(servers, s)
+	}
+	return servers
+}
+
 func startTarget(cfg *config, name string, b harness.Backend, runIdx int, vals *values) *server {
 	s := &server{name: name, res: &result{Target: name, Metrics: map[string]float64{}, LoadIn: loadavg()}, start: time.Now()}
 	s.ctx, s.cancel = context.WithTimeout(context.Background(), cfg.targetTimeout)
